@@ -1,0 +1,171 @@
+"""`cds-service`: serve (gunicorn), replay request files, print the protocol's rule catalogue."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .errors import ServiceError
+from .hook_request import raise_for_depth
+from .protocol import ProtocolError
+from .services import SERVICES, SERVICES_BY_ID
+from .settings import Settings, parse_now
+
+HOOK_TO_SERVICE = {s.hook: s.id for s in SERVICES}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cds-service", description="Tarlatamab (IMDELLTRA) CDS Hooks service")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the service under gunicorn")
+    serve.add_argument("--host", default=os.environ.get("CDS_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("CDS_PORT", "8080")))
+    serve.add_argument("--workers", type=int, default=int(os.environ.get("CDS_WORKERS", str(os.cpu_count() or 1))))
+    serve.add_argument("--threads", type=int, default=int(os.environ.get("CDS_THREADS", "1")))
+    serve.add_argument("--timeout", type=int, default=30, help="worker timeout in seconds")
+
+    replay = sub.add_parser("replay", help="run CDS Hooks request files through the service, print the responses")
+    replay.add_argument("--now", help="evaluation time (ISO 8601 date-time)")
+    replay.add_argument("--service", choices=sorted(SERVICES_BY_ID), help="service id (default: from the file's hook)")
+    replay.add_argument("--pretty", action="store_true", help="indent the JSON output")
+    replay.add_argument("files", nargs="+", type=Path)
+
+    proto = sub.add_parser("protocol", help="print the rule catalogue of the protocol file")
+    proto.add_argument(
+        "--markdown", action="store_true", help="the pharmacist-facing document (docs/protocol-rules.md)"
+    )
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "replay":
+            return _replay(args)
+        return _protocol(args)
+    except (ProtocolError, ValueError) as exc:
+        print(f"cds-service: {exc}", file=sys.stderr)
+        return 2
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    log = logging.getLogger("cds_service")
+    if settings.trusted_issuers_file is None:
+        if not _is_loopback(args.host):
+            print(
+                "cds-service: refusing to listen on a non-loopback address without trusted issuers "
+                "(set CDS_TRUSTED_ISSUERS_FILE); open development mode binds to loopback only",
+                file=sys.stderr,
+            )
+            return 2
+        banner = (
+            "OPEN DEVELOPMENT MODE: no CDS client JWT is verified (CDS_TRUSTED_ISSUERS_FILE is not set); "
+            f"listening on loopback {args.host}:{args.port} only"
+        )
+        print("!" * len(banner), file=sys.stderr)
+        print(banner, file=sys.stderr)
+        print("!" * len(banner), file=sys.stderr)
+        log.warning(banner)
+    from gunicorn.app.base import BaseApplication
+
+    from .app import create_app
+
+    # Check the configuration once in the parent, so that a bad protocol file fails here, loudly.
+    from .engine import Engine
+
+    Engine(settings)
+
+    class _Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{args.host}:{args.port}")
+            self.cfg.set("workers", max(1, args.workers))
+            self.cfg.set("threads", max(1, args.threads))
+            self.cfg.set("timeout", args.timeout)
+            self.cfg.set("graceful_timeout", 10)
+            self.cfg.set("accesslog", "-")
+            # Never log the Authorization header or query strings: the access log shows method, path, status, time.
+            self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms')
+            self.cfg.set("forwarded_allow_ips", os.environ.get("CDS_FORWARDED_ALLOW_IPS", "127.0.0.1"))
+
+        def load(self) -> Any:
+            return create_app(settings)
+
+    _configure_logging(settings.log_level)
+    _Server().run()
+    return 0
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _replay(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {"audit_enabled": False}
+    if args.now:
+        overrides["now"] = parse_now(args.now)
+    settings = Settings.from_env(**overrides)
+    from .engine import Engine
+
+    engine = Engine(settings)
+    for path in args.files:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            print(f"cds-service replay: {path}: cannot read ({exc.strerror})", file=sys.stderr)
+            return 1
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            print(f"cds-service replay: {path}: not valid JSON ({exc.msg})", file=sys.stderr)
+            return 1
+        service_id = args.service
+        if service_id is None:
+            hook = body.get("hook") if isinstance(body, dict) else None
+            service_id = HOOK_TO_SERVICE.get(hook) if isinstance(hook, str) else None
+            if service_id is None:
+                print(f"cds-service replay: {path}: no service answers hook {hook!r}; use --service", file=sys.stderr)
+                return 1
+        try:
+            raise_for_depth(body, settings)
+            outcome = engine.handle(service_id, body)
+        except ServiceError as exc:
+            print(f"cds-service replay: {path}: HTTP {exc.status}: {exc.summary}", file=sys.stderr)
+            return 1
+        option = orjson.OPT_INDENT_2 if args.pretty else 0
+        sys.stdout.write(orjson.dumps(outcome.body, option=option).decode() + "\n")
+    return 0
+
+
+def _protocol(args: argparse.Namespace) -> int:
+    from .protocol import load_protocol
+    from .protocol_doc import catalogue_table, pharmacist_document
+
+    settings = Settings.from_env()
+    protocol = load_protocol(settings.protocol_file)
+    sys.stdout.write(pharmacist_document(protocol) if args.markdown else catalogue_table(protocol))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

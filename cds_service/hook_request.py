@@ -1,0 +1,170 @@
+"""The CDS Hooks request model: structure checks of the request body, before any data is gathered."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ServiceError, bad_request
+from .services import REQUIRED_CONTEXT, ServiceDef
+from .settings import Settings
+
+
+@dataclass(frozen=True)
+class HookRequest:
+    service: ServiceDef
+    hook_instance: str
+    context: dict[str, Any]
+    patient_id: str
+    user_id: str
+    fhir_server: str | None = None
+    # The EHR's access token: transient, used only against fhir_server, never logged or stored.
+    access_token: str | None = field(default=None, repr=False)
+    prefetch: dict[str, Any] = field(default_factory=dict, repr=False)
+    draft_entries: tuple[dict[str, Any], ...] = field(default=(), repr=False)  # draftOrders resources
+    selections: tuple[str, ...] = ()
+
+    @property
+    def hook(self) -> str:
+        return self.service.hook
+
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON value nests deeper than `limit` (iterative: no recursion on hostile input)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in node.values() if isinstance(child, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node if isinstance(child, (dict, list)))
+    return False
+
+
+def _require_string(container: dict[str, Any], key: str, path: str) -> str:
+    value = container.get(key)
+    if value is None:
+        raise bad_request(f"Missing required field {path}", path, code="required")
+    if not isinstance(value, str) or not value.strip():
+        raise bad_request(f"{path} must be a non-empty string", path)
+    return value
+
+
+def parse_hook_request(body: Any, service: ServiceDef, settings: Settings) -> HookRequest:
+    """Check a parsed request body against CDS Hooks 2.0 and the hook's context; 400 on any violation."""
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object", "$")
+    hook = _require_string(body, "hook", "hook")
+    hook_instance = _require_string(body, "hookInstance", "hookInstance")
+    if hook != service.hook:
+        raise bad_request(
+            f"Service {service.id} answers the {service.hook} hook, not {hook}", "hook", code="not-supported"
+        )
+    context = body.get("context")
+    if context is None:
+        raise bad_request("Missing required field context", "context", code="required")
+    if not isinstance(context, dict):
+        raise bad_request("context must be a JSON object", "context")
+    for name in REQUIRED_CONTEXT[service.hook]:
+        if context.get(name) is None:
+            raise bad_request(f"Missing required context field {name}", f"context.{name}", code="required")
+    patient_id = _require_string(context, "patientId", "context.patientId")
+    user_id = _require_string(context, "userId", "context.userId")
+    if "encounterId" in context and not isinstance(context["encounterId"], str):
+        raise bad_request("context.encounterId must be a string", "context.encounterId")
+
+    fhir_server = body.get("fhirServer")
+    if fhir_server is not None:
+        fhir_server = _check_fhir_server(fhir_server, settings)
+    access_token = _access_token(body.get("fhirAuthorization"), fhir_server)
+
+    prefetch = body.get("prefetch")
+    if prefetch is None:
+        prefetch = {}
+    elif not isinstance(prefetch, dict):
+        raise bad_request("prefetch must be a JSON object", "prefetch")
+
+    draft_entries: tuple[dict[str, Any], ...] = ()
+    selections: tuple[str, ...] = ()
+    if service.hook in ("order-select", "order-sign"):
+        draft_entries = _draft_entries(context["draftOrders"])
+    if service.hook == "order-select":
+        raw = context["selections"]
+        if not isinstance(raw, list) or not raw or not all(isinstance(s, str) and s for s in raw):
+            raise bad_request("context.selections must be a non-empty array of strings", "context.selections")
+        selections = tuple(raw)
+
+    return HookRequest(
+        service=service,
+        hook_instance=hook_instance,
+        context=context,
+        patient_id=patient_id,
+        user_id=user_id,
+        fhir_server=fhir_server,
+        access_token=access_token,
+        prefetch=prefetch,
+        draft_entries=draft_entries,
+        selections=selections,
+    )
+
+
+def _check_fhir_server(value: Any, settings: Settings) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise bad_request("fhirServer must be a URL string", "fhirServer")
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise bad_request("fhirServer must be an absolute http(s) URL", "fhirServer")
+    if settings.require_https_fhir and parts.scheme != "https":
+        raise bad_request("fhirServer must use https", "fhirServer")
+    if parts.username or parts.password:
+        raise bad_request("fhirServer must not carry credentials", "fhirServer")
+    return value.strip().rstrip("/")
+
+
+def _access_token(auth: Any, fhir_server: str | None) -> str | None:
+    if auth is None:
+        return None
+    if not isinstance(auth, dict):
+        raise bad_request("fhirAuthorization must be a JSON object", "fhirAuthorization")
+    if fhir_server is None:
+        raise bad_request("fhirAuthorization requires fhirServer", "fhirServer", code="required")
+    token = auth.get("access_token")
+    if not isinstance(token, str) or not token:
+        raise bad_request("fhirAuthorization.access_token must be a non-empty string", "fhirAuthorization.access_token")
+    token_type = auth.get("token_type")
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        raise bad_request("fhirAuthorization.token_type must be Bearer", "fhirAuthorization.token_type")
+    for key, kind in (("expires_in", int), ("scope", str), ("subject", str), ("patient", str)):
+        if key in auth and (not isinstance(auth[key], kind) or isinstance(auth[key], bool)):
+            raise bad_request(f"fhirAuthorization.{key} has the wrong type", f"fhirAuthorization.{key}")
+    return token
+
+
+def _draft_entries(draft_orders: Any) -> tuple[dict[str, Any], ...]:
+    if not isinstance(draft_orders, dict) or draft_orders.get("resourceType") != "Bundle":
+        raise bad_request("context.draftOrders must be a FHIR Bundle", "context.draftOrders")
+    entries = draft_orders.get("entry", [])
+    if entries is None:
+        entries = []
+    if not isinstance(entries, list):
+        raise bad_request("context.draftOrders.entry must be an array", "context.draftOrders.entry")
+    resources = []
+    for i, entry in enumerate(entries):
+        path = f"context.draftOrders.entry[{i}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
+            raise bad_request(f"{path}.resource must be a FHIR resource", f"{path}.resource")
+        resource = entry["resource"]
+        if not isinstance(resource.get("resourceType"), str):
+            raise bad_request(f"{path}.resource has no resourceType", f"{path}.resource.resourceType")
+        resources.append(resource)
+    return tuple(resources)
+
+
+def raise_for_depth(body: Any, settings: Settings) -> None:
+    if json_depth_exceeds(body, settings.max_json_depth):
+        raise ServiceError.single(
+            400, f"The request nests JSON deeper than {settings.max_json_depth} levels", code="too-costly"
+        )

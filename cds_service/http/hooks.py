@@ -1,0 +1,168 @@
+"""POST /cds-services/{id} (hook calls) and POST /cds-services/{id}/feedback."""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, request
+
+from ..engine import Engine
+from ..errors import ServiceError, bad_request
+from ..store import AuditEntry, FeedbackItem, Store, StoreUnavailable
+from .common import json_response, read_json_body
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("hooks", __name__)
+
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]00:00)$")
+
+
+def _engine() -> Engine:
+    return current_app.extensions["cds_engine"]
+
+
+@bp.post("/cds-services/<service_id>")
+def call_service(service_id: str) -> Response:
+    engine = _engine()
+    engine.service(service_id)  # 404 before anything else
+    body = read_json_body(request)
+    client = getattr(g, "cds_client", None)
+    allowed = client.fhir_servers if client is not None else None
+    outcome = engine.handle(service_id, body, allowed_fhir_servers=allowed)
+    log.info(
+        "hook %s hookInstance=%s patient=%s cards=%d evaluation_ms=%.1f",
+        service_id,
+        outcome.hook_instance,
+        outcome.patient_id,
+        len(outcome.cards),
+        outcome.evaluation_ms,
+    )
+    writer = current_app.extensions.get("cds_audit_writer")
+    if writer is not None:
+        writer.submit(
+            AuditEntry(
+                at=datetime.now(UTC),
+                service_id=outcome.service_id,
+                hook_instance=outcome.hook_instance,
+                patient_id=outcome.patient_id,
+                status=200,
+                evaluation_ms=outcome.evaluation_ms,
+                cards=tuple(
+                    {"uuid": c.uuid, "rule": c.rule_id, "topic": c.topic, "indicator": c.indicator}
+                    for c in outcome.cards
+                ),
+                data_origin=outcome.data_origin,
+                issuer=client.issuer if client is not None else None,
+            )
+        )
+    return json_response(outcome.body)
+
+
+@bp.post("/cds-services/<service_id>/feedback")
+def feedback(service_id: str) -> Response:
+    _engine().service(service_id)
+    body = read_json_body(request)
+    items = parse_feedback(body)
+    store: Store = current_app.extensions["cds_store"]
+    client = getattr(g, "cds_client", None)
+    try:
+        new = store.save_feedback(service_id, items, issuer=client.issuer if client is not None else None)
+    except StoreUnavailable as exc:
+        log.error("feedback for %s not stored: store unavailable (%s)", service_id, exc)
+        raise ServiceError.single(
+            503, "Feedback could not be stored; retry later", code="transient", headers={"Retry-After": "30"}
+        ) from exc
+    log.info("feedback %s items=%d new=%d", service_id, len(items), new)
+    return json_response({})
+
+
+def parse_feedback(body: Any) -> list[FeedbackItem]:
+    if not isinstance(body, dict):
+        raise bad_request("The feedback body must be a JSON object", "$")
+    raw_items = body.get("feedback")
+    if not isinstance(raw_items, list) or not raw_items:
+        raise bad_request("feedback must be a non-empty array", "feedback", code="required")
+    items = []
+    for i, item in enumerate(raw_items):
+        path = f"feedback[{i}]"
+        if not isinstance(item, dict):
+            raise bad_request(f"{path} must be an object", path)
+        card = item.get("card")
+        if not isinstance(card, str) or not card:
+            raise bad_request(f"{path}.card must be the uuid of a card", f"{path}.card", code="required")
+        outcome = item.get("outcome")
+        if outcome not in ("accepted", "overridden"):
+            raise bad_request(f"{path}.outcome must be accepted or overridden", f"{path}.outcome")
+        stamp = item.get("outcomeTimestamp")
+        if not isinstance(stamp, str) or not _RFC3339.match(stamp):
+            raise bad_request(
+                f"{path}.outcomeTimestamp must be an RFC 3339 UTC date-time",
+                f"{path}.outcomeTimestamp",
+                code="required",
+            )
+        try:
+            datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise bad_request(f"{path}.outcomeTimestamp is not a valid date-time", f"{path}.outcomeTimestamp") from exc
+        accepted: list[str] = []
+        raw_accepted = item.get("acceptedSuggestions")
+        if outcome == "accepted" and (not isinstance(raw_accepted, list) or not raw_accepted):
+            raise bad_request(
+                f"{path}.acceptedSuggestions is required for accepted outcomes",
+                f"{path}.acceptedSuggestions",
+                code="required",
+            )
+        if raw_accepted is not None:
+            if not isinstance(raw_accepted, list):
+                raise bad_request(f"{path}.acceptedSuggestions must be an array", f"{path}.acceptedSuggestions")
+            for j, suggestion in enumerate(raw_accepted):
+                if (
+                    not isinstance(suggestion, dict)
+                    or not isinstance(suggestion.get("id"), str)
+                    or not suggestion["id"]
+                ):
+                    raise bad_request(
+                        f"{path}.acceptedSuggestions[{j}] must be an object with an id",
+                        f"{path}.acceptedSuggestions[{j}].id",
+                    )
+                accepted.append(suggestion["id"])
+        reason_system = reason_code = reason_display = comment = None
+        override = item.get("overrideReason")
+        if override is not None:
+            if not isinstance(override, dict):
+                raise bad_request(f"{path}.overrideReason must be an object", f"{path}.overrideReason")
+            reason = override.get("reason")
+            if reason is not None:
+                if not isinstance(reason, dict) or not isinstance(reason.get("code"), str):
+                    raise bad_request(
+                        f"{path}.overrideReason.reason must be a Coding with a code", f"{path}.overrideReason.reason"
+                    )
+                for key in ("system", "display"):
+                    if key in reason and not isinstance(reason[key], str):
+                        raise bad_request(
+                            f"{path}.overrideReason.reason.{key} must be a string",
+                            f"{path}.overrideReason.reason.{key}",
+                        )
+                reason_system, reason_code, reason_display = reason.get("system"), reason["code"], reason.get("display")
+            comment = override.get("userComment")
+            if comment is not None and not isinstance(comment, str):
+                raise bad_request(
+                    f"{path}.overrideReason.userComment must be a string", f"{path}.overrideReason.userComment"
+                )
+        items.append(
+            FeedbackItem(
+                card_uuid=card,
+                outcome=outcome,
+                outcome_timestamp=stamp,
+                accepted_suggestions=tuple(accepted),
+                override_reason_system=reason_system,
+                override_reason_code=reason_code,
+                override_reason_display=reason_display,
+                user_comment=comment,
+            )
+        )
+    return items

@@ -1,0 +1,177 @@
+"""The protocol data file: loaded and checked once per worker, then read by facts, rules and cards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+INDICATORS = ("info", "warning", "critical")
+SOURCE_TAGS = ("L", "A", "B", "G", "P")
+TOPICS = (
+    "dose",
+    "schedule",
+    "premedication",
+    "hydration",
+    "monitoring",
+    "administration",
+    "labs-missing",
+    "lab-hold",
+    "crs",
+    "neurotoxicity",
+    "pregnancy",
+    "lactation",
+    "eligibility",
+    "organ-function",
+    "infection",
+    "data-quality",
+    "summary",
+)
+
+
+class ProtocolError(ValueError):
+    """The protocol file is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class RuleDef:
+    id: str
+    section: str
+    topic: str
+    indicator: str
+    sources: tuple[str, ...]
+    citation: str
+    indicator_order_select: str | None = None
+
+    def indicator_for(self, hook: str) -> str:
+        if hook == "order-select" and self.indicator_order_select:
+            return self.indicator_order_select
+        return self.indicator
+
+    @property
+    def source_tags(self) -> str:
+        return "".join(f"[{s}]" for s in self.sources)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    data: dict[str, Any]
+    rules: dict[str, RuleDef]
+    path: Path | None = field(default=None, compare=False)
+
+    @property
+    def version(self) -> str:
+        return str(self.data["protocol"]["version"])
+
+    @property
+    def id(self) -> str:
+        return str(self.data["protocol"]["id"])
+
+    def section(self, name: str) -> dict[str, Any]:
+        return self.data[name]
+
+    def rule(self, rule_id: str) -> RuleDef:
+        try:
+            return self.rules[rule_id]
+        except KeyError as exc:
+            raise ProtocolError(f"rule {rule_id!r} is not in the protocol file") from exc
+
+    # Lookups precomputed once for the request path ------------------------------------------------
+    @cached_property
+    def analyte_by_loinc(self) -> dict[str, str]:
+        """LOINC code -> analyte key (anc, hemoglobin, ..., pregnancy_status, breastfeeding)."""
+        out: dict[str, str] = {}
+        for analyte, codes in self.data["observations"].items():
+            for code in codes:
+                out[str(code)] = analyte
+        return out
+
+    @cached_property
+    def local_observation_kinds(self) -> dict[str, str]:
+        """urn:tarlatamab-cds code -> kind (crs_grade, icans_grade, neurotox_grade, ice_score)."""
+        return {str(v): k for k, v in self.data["local_observation_codes"].items()}
+
+    def medication_codes(self, name: str) -> tuple[frozenset[str], frozenset[str], tuple[str, ...]]:
+        """(rxnorm codes, ndc codes, lower-case text fragments) recognising a medication concept."""
+        med = self.data["medications"][name]
+        return (
+            frozenset(str(c) for c in med.get("rxnorm", []) or []),
+            frozenset(str(c) for c in med.get("ndc", []) or []),
+            tuple(str(t).lower() for t in med.get("text", []) or []),
+        )
+
+    def rules_by_topic(self, topic: str) -> list[RuleDef]:
+        return [r for r in self.rules.values() if r.topic == topic]
+
+
+def load_protocol(path: Path) -> Protocol:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ProtocolError(f"protocol file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ProtocolError(f"protocol file {path} is not valid YAML: {exc}") from exc
+    return parse_protocol(raw, path)
+
+
+def parse_protocol(raw: Any, path: Path | None = None) -> Protocol:
+    if not isinstance(raw, dict):
+        raise ProtocolError("protocol file must hold a mapping")
+    required = (
+        "protocol",
+        "doses",
+        "schedule",
+        "administration",
+        "premedication",
+        "monitoring",
+        "toxicity",
+        "labs",
+        "units",
+        "populations",
+        "systems",
+        "medications",
+        "observations",
+        "answers",
+        "local_observation_codes",
+        "conditions",
+        "orderables",
+        "rules",
+    )
+    missing = [k for k in required if k not in raw]
+    if missing:
+        raise ProtocolError(f"protocol file lacks sections: {', '.join(missing)}")
+    if raw["doses"].get("step_up_mg") != 1 or raw["doses"].get("target_mg") != 10:
+        # Only 1 mg and 10 mg exist [L]; a file that says otherwise is refused rather than obeyed.
+        raise ProtocolError("doses.step_up_mg must be 1 and doses.target_mg must be 10 (label: no other doses)")
+    rules: dict[str, RuleDef] = {}
+    for entry in raw["rules"]:
+        try:
+            rule = RuleDef(
+                id=str(entry["id"]),
+                section=str(entry["section"]),
+                topic=str(entry["topic"]),
+                indicator=str(entry["indicator"]),
+                sources=tuple(str(s) for s in entry["sources"]),
+                citation=str(entry["citation"]).strip(),
+                indicator_order_select=entry.get("indicator_order_select"),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ProtocolError(f"rule entry {entry!r} lacks {exc}") from exc
+        if rule.id in rules:
+            raise ProtocolError(f"rule id {rule.id} appears twice")
+        if rule.topic not in TOPICS:
+            raise ProtocolError(f"rule {rule.id}: unknown topic {rule.topic!r}")
+        for ind in (rule.indicator, rule.indicator_order_select):
+            if ind is not None and ind not in INDICATORS:
+                raise ProtocolError(f"rule {rule.id}: unknown indicator {ind!r}")
+        bad_tags = [s for s in rule.sources if s not in SOURCE_TAGS]
+        if bad_tags or not rule.sources:
+            raise ProtocolError(f"rule {rule.id}: source tags must be among {SOURCE_TAGS}")
+        rules[rule.id] = rule
+    for analyte, spec in raw["units"].items():
+        if spec.get("canonical") not in spec.get("factors", {}):
+            raise ProtocolError(f"units.{analyte}: canonical unit must be one of its factors")
+    return Protocol(data=raw, rules=rules, path=path)

@@ -1,0 +1,299 @@
+"""Persistent store (SQLAlchemy Core): card feedback, the audit log of responses, and JWT replay ids.
+
+SQLite in the local data folder by default; any SQLAlchemy URL through CDS_DATABASE_URL (PostgreSQL for
+several instances). Nothing here holds an access token, a JWT or a clinical value.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    insert,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+log = logging.getLogger(__name__)
+
+metadata = MetaData()
+
+feedback_table = Table(
+    "cds_feedback",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("service_id", String(100), nullable=False),
+    Column("card_uuid", String(100), nullable=False),
+    Column("outcome", String(20), nullable=False),
+    Column("outcome_timestamp", String(40), nullable=False),
+    Column("accepted_suggestions", Text, nullable=True),  # JSON array of suggestion uuids
+    Column("override_reason_system", String(300), nullable=True),
+    Column("override_reason_code", String(100), nullable=True),
+    Column("override_reason_display", String(500), nullable=True),
+    Column("user_comment", Text, nullable=True),
+    Column("issuer", String(500), nullable=True),
+    UniqueConstraint("service_id", "card_uuid", "outcome", "outcome_timestamp", name="uq_feedback_item"),
+)
+
+audit_table = Table(
+    "cds_audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("service_id", String(100), nullable=False),
+    Column("hook_instance", String(200), nullable=False),
+    Column("patient_id", String(200), nullable=True),
+    Column("status", Integer, nullable=False),
+    Column("evaluation_ms", Float, nullable=False),
+    Column("cards", Text, nullable=False),  # JSON: [{"uuid", "rule", "topic", "indicator"}]
+    Column("rule_ids", Text, nullable=False),  # JSON array
+    Column("data_origin", Text, nullable=True),  # JSON: prefetch key -> prefetch | null | fetched
+    Column("issuer", String(500), nullable=True),
+)
+
+jwt_replay_table = Table(
+    "cds_jwt_replay",
+    metadata,
+    Column("issuer", String(500), primary_key=True),
+    Column("jti", String(500), primary_key=True),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+
+class StoreUnavailable(Exception):
+    """The database could not be written or read."""
+
+
+@dataclass(frozen=True)
+class FeedbackItem:
+    card_uuid: str
+    outcome: str
+    outcome_timestamp: str
+    accepted_suggestions: tuple[str, ...] = ()
+    override_reason_system: str | None = None
+    override_reason_code: str | None = None
+    override_reason_display: str | None = None
+    user_comment: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    at: datetime
+    service_id: str
+    hook_instance: str
+    patient_id: str | None
+    status: int
+    evaluation_ms: float
+    cards: tuple[dict[str, str], ...]
+    data_origin: dict[str, str]
+    issuer: str | None = None
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 15, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_timeout=5)
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.audit_failures = 0
+
+    def create_schema(self) -> None:
+        metadata.create_all(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # --- feedback -----------------------------------------------------------------------------------
+    def save_feedback(self, service_id: str, items: Iterable[FeedbackItem], issuer: str | None = None) -> int:
+        """Store every item (a repeated item is stored once); returns how many were new."""
+        now = datetime.now(UTC)
+        new = 0
+        try:
+            with self.engine.begin() as conn:
+                for item in items:
+                    exists = conn.execute(
+                        select(feedback_table.c.id).where(
+                            feedback_table.c.service_id == service_id,
+                            feedback_table.c.card_uuid == item.card_uuid,
+                            feedback_table.c.outcome == item.outcome,
+                            feedback_table.c.outcome_timestamp == item.outcome_timestamp,
+                        )
+                    ).first()
+                    if exists:
+                        continue
+                    conn.execute(
+                        insert(feedback_table).values(
+                            received_at=now,
+                            service_id=service_id,
+                            card_uuid=item.card_uuid,
+                            outcome=item.outcome,
+                            outcome_timestamp=item.outcome_timestamp,
+                            accepted_suggestions=orjson.dumps(list(item.accepted_suggestions)).decode()
+                            if item.accepted_suggestions
+                            else None,
+                            override_reason_system=item.override_reason_system,
+                            override_reason_code=item.override_reason_code,
+                            override_reason_display=item.override_reason_display,
+                            user_comment=item.user_comment,
+                            issuer=issuer,
+                        )
+                    )
+                    new += 1
+        except IntegrityError:
+            # A concurrent writer stored the same item first: it is stored, which is what was asked.
+            return new
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+        return new
+
+    def feedback(self, service_id: str | None = None) -> list[dict[str, Any]]:
+        query = select(feedback_table).order_by(feedback_table.c.id)
+        if service_id:
+            query = query.where(feedback_table.c.service_id == service_id)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    # --- audit --------------------------------------------------------------------------------------
+    def write_audit(self, entries: list[AuditEntry]) -> None:
+        if not entries:
+            return
+        rows = [
+            {
+                "at": e.at,
+                "service_id": e.service_id,
+                "hook_instance": e.hook_instance,
+                "patient_id": e.patient_id,
+                "status": e.status,
+                "evaluation_ms": round(e.evaluation_ms, 3),
+                "cards": orjson.dumps(list(e.cards)).decode(),
+                "rule_ids": orjson.dumps(sorted({c["rule"] for c in e.cards})).decode(),
+                "data_origin": orjson.dumps(e.data_origin).decode() if e.data_origin else None,
+                "issuer": e.issuer,
+            }
+            for e in entries
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(insert(audit_table), rows)
+
+    def audit_log(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(select(audit_table).order_by(audit_table.c.id))]
+
+    # --- JWT replay protection ------------------------------------------------------------------------
+    def remember_jti(self, issuer: str, jti: str, expires_at: datetime, now: datetime | None = None) -> bool:
+        """Record a JWT id; False when it was seen before (a replay). Expired ids are purged."""
+        now = now or datetime.now(UTC)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(delete(jwt_replay_table).where(jwt_replay_table.c.expires_at < now))
+                conn.execute(insert(jwt_replay_table).values(issuer=issuer, jti=jti, expires_at=expires_at))
+        except IntegrityError:
+            return False
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+        return True
+
+
+class AuditWriter:
+    """Writes audit entries from a background thread, so the response never waits for the database.
+
+    A failed write is logged and counted (`failures`); the clinical answer has already been sent.
+    """
+
+    def __init__(self, store: Store, max_queue: int = 10000, batch: int = 200) -> None:
+        self.store = store
+        self.failures = 0
+        self.dropped = 0
+        self._queue: queue.Queue[AuditEntry | None] = queue.Queue(maxsize=max_queue)
+        self._batch = batch
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, entry: AuditEntry) -> None:
+        self._ensure_thread()
+        try:
+            self._queue.put_nowait(entry)
+        except queue.Full:
+            self.dropped += 1
+            log.error("audit queue full: entry for hookInstance %s dropped", entry.hook_instance)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Block until every submitted entry has been written (or failed)."""
+        if self._thread is None:
+            return
+        done = threading.Event()
+        waiter = threading.Thread(target=lambda: (self._queue.join(), done.set()), daemon=True)
+        waiter.start()
+        done.wait(timeout)
+
+    def _ensure_thread(self) -> None:
+        # Started lazily: a thread created before gunicorn forks its workers would not survive the fork.
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            entry = self._queue.get()
+            batch = [entry] if entry is not None else []
+            while len(batch) < self._batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is not None:
+                    batch.append(more)
+                else:
+                    self._queue.task_done()
+            try:
+                self.store.write_audit(batch)
+            except Exception as exc:  # the database is down or full: count, log, carry on
+                self.failures += len(batch)
+                self.store.audit_failures += len(batch)
+                log.error("audit write of %d entries failed (%s)", len(batch), type(exc).__name__)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+                if entry is None:
+                    self._queue.task_done()
