@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 from .client_auth import OpenAccess
 from .engine import Engine
 from .errors import ServiceError
-from .http import discovery, hooks
+from .http import discovery, hooks, openapi
 from .http.common import error_response
 from .services import discovery_document
 from .settings import Settings
@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
 
     app.register_blueprint(discovery.bp)
     app.register_blueprint(hooks.bp)
+    app.register_blueprint(openapi.bp)
     _install_cors(app, settings)
     _install_auth(app, settings)
     _install_error_handlers(app)
@@ -50,9 +51,14 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
 
 
 def _client_auth(settings: Settings, store: Store) -> object:
+    """Open development mode without trusted issuers; else every service and feedback call needs the JWT.
+
+    A trusted-issuers file that cannot be read or is malformed stops the app here (IssuerConfigError).
+    """
     if settings.trusted_issuers_file is None:
+        log.warning("open development mode: CDS client JWTs are not verified (CDS_TRUSTED_ISSUERS_FILE not set)")
         return OpenAccess()
-    from .jwt_auth import JwtClientAuth  # issue 4: verification of the client JWT
+    from .jwt_auth import JwtClientAuth
 
     return JwtClientAuth.from_settings(settings, store)
 
@@ -62,8 +68,10 @@ def _install_auth(app: Flask, settings: Settings) -> None:
 
     @app.before_request
     def authenticate() -> Response | None:
+        # Discovery, health, the OpenAPI document and the CORS preflight stay open; everything under
+        # /cds-services/ (service calls, feedback, and unknown ids: 401 before 404) needs the client JWT.
         if request.method == "OPTIONS" or not request.path.startswith("/cds-services/"):
-            return None  # discovery, health and CORS preflight stay open
+            return None
         base = settings.public_base_url or request.host_url.rstrip("/")
         g.cds_client = auth.authenticate(request, base + request.path)  # type: ignore[attr-defined]
         return None
@@ -113,7 +121,10 @@ def _install_error_handlers(app: Flask) -> None:
             405: f"Method {request.method} is not allowed here",
             413: "The request body is too large",
         }
-        return error_response(ServiceError.single(status, messages.get(status, error.name)))
+        headers = {}
+        if status == 405 and getattr(error, "valid_methods", None):
+            headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+        return error_response(ServiceError.single(status, messages.get(status, error.name), headers=headers))
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> Response:

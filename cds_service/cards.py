@@ -121,6 +121,10 @@ class CardRenderer:
             except KeyError as exc:
                 raise CardTextError(f"no card wording for variant {variant!r} of {finding.rule_id}") from exc
         values = {"p": self.protocol.data, **finding.values}
+        for name, related in finding.related:
+            values[name] = "; ".join(self.summary_of(f, hook) for f in related) or text.get("empty", {}).get(
+                name, "none"
+            )
         summary = fill(text["summary"], values)
         if len(summary) > SUMMARY_MAX:
             summary = summary[: SUMMARY_MAX - 1].rstrip() + "…"
@@ -171,12 +175,23 @@ class CardRenderer:
             card["links"] = list(self._links)
         return card
 
+    def summary_of(self, finding: Finding, hook: str) -> str:
+        """The summary line a finding's own card would have (used inside summary cards)."""
+        text = self.texts.for_rule(finding.rule_id)
+        variant = finding.values.get("variant")
+        if variant is not None:
+            text = {**text, **text["variants"][variant]}
+        return fill(text["summary"], {"p": self.protocol.data, **finding.values}).rstrip(".")
+
     def _detail(self, text: dict[str, Any], values: dict[str, Any], finding: Finding, rule: Any) -> str:
         common = self.texts.common
         parts = [fill(text["detail"], values)]
-        if finding.evidence:
+        evidence = list(
+            dict.fromkeys([*finding.evidence, *(e for _, fs in finding.related for f in fs for e in f.evidence)])
+        )
+        if evidence:
             lines = [common["evidence_heading"]]
-            for ev in finding.evidence:
+            for ev in evidence:
                 extra = ", ".join(x for x in (ev.date, ev.reference) if x)
                 lines.append(f"- {ev.label}: {ev.value}" + (f" ({extra})" if extra else ""))
             parts.append("\n".join(lines))

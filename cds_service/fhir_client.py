@@ -6,7 +6,11 @@ pages, sends the EHR's bearer token only to the EHR's own `fhirServer`, and neve
 
 from __future__ import annotations
 
+import contextlib
+import http.cookiejar
 import logging
+import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +23,9 @@ log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
 MAX_RESPONSE_BYTES = 20 * 1024 * 1024
+_READ_CHUNK = 16384
+# The EHR's cookies are never kept: a shared session would otherwise replay one user's cookies for another.
+_NO_COOKIES = http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
 
 
 class FhirUnavailable(Exception):
@@ -34,6 +41,7 @@ class FhirUnavailable(Exception):
 class SearchResult:
     resources: list[dict[str, Any]] = field(default_factory=list)
     truncated: bool = False  # stopped at the page cap with a next link left
+    foreign_next: bool = False  # stopped at a next link to another server (never followed: token leak)
     pages: int = 0
 
 
@@ -54,6 +62,7 @@ class FhirClient:
         self.total_timeout = total_timeout
         self.max_pages = max_pages
         self._session = session or requests.Session()
+        self._session.cookies.set_policy(_NO_COOKIES)
         self._origin = _origin(self.base_url)
 
     def __repr__(self) -> str:  # never show the token
@@ -65,6 +74,10 @@ class FhirClient:
             headers["Authorization"] = f"Bearer {self._token}"
         return headers
 
+    def same_origin(self, url: str) -> bool:
+        """Whether `url` (relative to the base, or absolute) is on the FHIR server's own origin."""
+        return _origin(urljoin(self.base_url, url)) == self._origin
+
     def get_json(self, url: str, deadline: float) -> dict[str, Any]:
         """GET one URL (relative to the base, or an absolute URL on the same origin) as a JSON object."""
         absolute = urljoin(self.base_url, url)
@@ -74,6 +87,7 @@ class FhirClient:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise FhirUnavailable("the FHIR server did not answer in time")
+        watchdog: _Watchdog | None = None
         try:
             response = self._session.get(
                 absolute,
@@ -83,13 +97,24 @@ class FhirClient:
                 stream=True,
             )
             try:
+                # The read timeout bounds each socket read, not the whole body: a server that trickles bytes
+                # would outlast the deadline. The watchdog cuts the connection when the deadline passes.
+                watchdog = _Watchdog(response, deadline)
                 body = _read_limited(response, deadline)
             finally:
+                if watchdog is not None:
+                    watchdog.cancel()
                 response.close()
+        except FhirUnavailable:
+            raise
         except requests.Timeout as exc:
             raise FhirUnavailable("the FHIR server did not answer in time") from exc
-        except requests.RequestException as exc:
+        except (requests.RequestException, OSError, ValueError) as exc:
+            if watchdog is not None and watchdog.fired:
+                raise FhirUnavailable("the FHIR server did not answer in time") from exc
             raise FhirUnavailable(f"the FHIR server could not be reached ({type(exc).__name__})") from exc
+        if watchdog is not None and watchdog.fired:
+            raise FhirUnavailable("the FHIR server did not answer in time")
         if response.status_code != 200:
             raise FhirUnavailable(f"the FHIR server answered HTTP {response.status_code}", status=response.status_code)
         try:
@@ -105,13 +130,18 @@ class FhirClient:
     def read(self, path: str, deadline: float) -> dict[str, Any]:
         return self.get_json(path, deadline)
 
-    def search(self, path: str, deadline: float) -> SearchResult:
-        """Run a search and follow `next` links up to the page cap."""
+    def search(self, path: str, deadline: float, max_pages: int | None = None) -> SearchResult:
+        """Run a search and follow `next` links up to the page cap (`max_pages`, default the client's)."""
+        cap = self.max_pages if max_pages is None else max_pages
         result = SearchResult()
         url: str | None = path
         while url is not None:
-            if result.pages >= self.max_pages:
+            if result.pages >= cap:
                 result.truncated = True
+                break
+            if result.pages > 0 and not self.same_origin(url):
+                log.warning("FHIR search: a next link points to another server; not followed")
+                result.foreign_next = True
                 break
             bundle = self.get_json(url, deadline)
             result.pages += 1
@@ -125,15 +155,41 @@ class FhirClient:
         return result
 
 
+class _Watchdog:
+    """Shuts the response's socket down when the deadline passes, which ends a blocked read at once."""
+
+    def __init__(self, response: requests.Response, deadline: float) -> None:
+        self.fired = False
+        self._response = response
+        self._timer = threading.Timer(max(deadline - time.monotonic(), 0.0), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        connection = getattr(self._response.raw, "_connection", None)
+        sock = getattr(connection, "sock", None)
+        if sock is None:
+            return
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
 def _origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     return parts.scheme.lower(), parts.netloc.lower()
 
 
 def _read_limited(response: requests.Response, deadline: float) -> bytes:
+    declared = response.headers.get("Content-Length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+        raise FhirUnavailable("the FHIR server's answer is larger than the service accepts")
     chunks: list[bytes] = []
     size = 0
-    for chunk in response.iter_content(chunk_size=65536):
+    for chunk in response.iter_content(chunk_size=_READ_CHUNK):
         size += len(chunk)
         if size > MAX_RESPONSE_BYTES:
             raise FhirUnavailable("the FHIR server's answer is larger than the service accepts")
@@ -144,9 +200,13 @@ def _read_limited(response: requests.Response, deadline: float) -> bytes:
 
 
 def next_link(bundle: dict[str, Any]) -> str | None:
-    for link in bundle.get("link") or ():
+    links = bundle.get("link")
+    if not isinstance(links, list):
+        return None
+    for link in links:
         if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
-            return link["url"]
+            url = link["url"].strip()
+            return url or None
     return None
 
 
@@ -154,7 +214,10 @@ def bundle_resources(bundle: dict[str, Any]) -> tuple[list[dict[str, Any]], bool
     """(resources of the Bundle's entries, whether an entry is an error OperationOutcome)."""
     resources: list[dict[str, Any]] = []
     failed = False
-    for entry in bundle.get("entry") or ():
+    entries = bundle.get("entry")
+    if not isinstance(entries, list):
+        return resources, False
+    for entry in entries:
         if not isinstance(entry, dict):
             continue
         resource = entry.get("resource")

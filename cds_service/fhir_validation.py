@@ -12,6 +12,11 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from .errors import Issue
+from .hook_request import json_depth_exceeds
+
+# The deepest nesting accepted inside one resource the evaluator reads (the request body as a whole is
+# limited by orjson's parser); validation recurses, so hostile nesting is refused before it.
+MAX_RESOURCE_DEPTH = 64
 
 _ISSUE_CODE = {
     "missing": "required",
@@ -58,6 +63,10 @@ def validation_issues(resource: dict[str, Any], root: str) -> list[Issue]:
     rtype = resource.get("resourceType")
     if not isinstance(rtype, str):
         return [Issue("The resource has no resourceType", code="required", expression=(f"{root}.resourceType",))]
+    if json_depth_exceeds(resource, MAX_RESOURCE_DEPTH):
+        return [
+            Issue(f"The resource nests deeper than {MAX_RESOURCE_DEPTH} levels", code="too-costly", expression=(root,))
+        ]
     try:
         cls = model_class(rtype)
     except (ValueError, KeyError):
@@ -71,7 +80,12 @@ def validation_issues(resource: dict[str, Any], root: str) -> list[Issue]:
                 Issue(_message(err), code=_ISSUE_CODE.get(err["type"], "value"), expression=(_path(root, err["loc"]),))
             )
         return issues
-    except (KeyError, ValueError, TypeError) as exc:  # unknown resourceType inside contained, odd shapes
+    except (
+        KeyError,
+        ValueError,
+        TypeError,
+        RecursionError,
+    ) as exc:  # unknown resourceType inside contained, odd shapes
         return [Issue(f"The resource could not be read ({type(exc).__name__})", code="structure", expression=(root,))]
     return []
 

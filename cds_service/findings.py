@@ -46,3 +46,6 @@ class Finding:
     evidence: tuple[Evidence, ...] = ()
     suggestions: tuple[SuggestionSpec, ...] = ()
     indicator: str | None = None
+    # Other findings this one summarises (patient-view): value name -> findings whose rendered summaries
+    # fill that template value, joined with "; ".
+    related: tuple[tuple[str, tuple[Finding, ...]], ...] = ()

@@ -164,7 +164,21 @@ def _draft_entries(draft_orders: Any) -> tuple[dict[str, Any], ...]:
 
 
 def raise_for_depth(body: Any, settings: Settings) -> None:
-    if json_depth_exceeds(body, settings.max_json_depth):
-        raise ServiceError.single(
-            400, f"The request nests JSON deeper than {settings.max_json_depth} levels", code="too-costly"
-        )
+    """400 when the request nests deeper than the limit where the service reads it.
+
+    The resources inside prefetch Bundles are not walked here (that would cost more than parsing them):
+    orjson refuses nesting beyond 1024 levels while parsing, and every resource the evaluator reads is
+    depth-checked before validation (`fhir_validation.validation_issues`); unread entries are never recursed.
+    """
+    limit = settings.max_json_depth
+    if not isinstance(body, dict):
+        return
+    shallow = {k: v for k, v in body.items() if k != "prefetch"}
+    prefetch = body.get("prefetch")
+    if isinstance(prefetch, dict):
+        shallow["prefetch"] = {
+            key: ({k: v for k, v in value.items() if k != "entry"} if isinstance(value, dict) else value)
+            for key, value in prefetch.items()
+        }
+    if json_depth_exceeds(shallow, limit):
+        raise ServiceError.single(400, f"The request nests JSON deeper than {limit} levels", code="too-costly")

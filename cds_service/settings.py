@@ -27,7 +27,6 @@ class Settings:
     fhir_connect_timeout: float = 2.0
     fhir_total_timeout: float = 5.0
     fhir_max_pages: int = 10
-    fhir_page_size: int = 200
     require_https_fhir: bool = False
     # Inbound requests
     max_request_bytes: int = 5 * 1024 * 1024
@@ -66,7 +65,6 @@ class Settings:
             ("CDS_FHIR_CONNECT_TIMEOUT", "fhir_connect_timeout", float),
             ("CDS_FHIR_TIMEOUT", "fhir_total_timeout", float),
             ("CDS_FHIR_MAX_PAGES", "fhir_max_pages", int),
-            ("CDS_FHIR_PAGE_SIZE", "fhir_page_size", int),
             ("CDS_MAX_REQUEST_BYTES", "max_request_bytes", int),
             ("CDS_MAX_JSON_DEPTH", "max_json_depth", int),
             ("CDS_JWT_LEEWAY_SECONDS", "jwt_leeway_seconds", int),

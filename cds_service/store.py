@@ -6,9 +6,11 @@ several instances). Nothing here holds an access token, a JWT or a clinical valu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +27,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     create_engine,
     delete,
@@ -32,10 +35,33 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 log = logging.getLogger(__name__)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every database (SQLite keeps no zone: it is stored as UTC, read as UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
 
 metadata = MetaData()
 
@@ -43,7 +69,7 @@ feedback_table = Table(
     "cds_feedback",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False),
     Column("service_id", String(100), nullable=False),
     Column("card_uuid", String(100), nullable=False),
     Column("outcome", String(20), nullable=False),
@@ -61,7 +87,7 @@ audit_table = Table(
     "cds_audit_log",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("at", DateTime(timezone=True), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
     Column("service_id", String(100), nullable=False),
     Column("hook_instance", String(200), nullable=False),
     Column("patient_id", String(200), nullable=True),
@@ -78,8 +104,24 @@ jwt_replay_table = Table(
     metadata,
     Column("issuer", String(500), primary_key=True),
     Column("jti", String(500), primary_key=True),
-    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
 )
+
+
+_FEEDBACK_KEY = ["service_id", "card_uuid", "outcome", "outcome_timestamp"]
+
+# Column limits the feedback endpoint checks before storing (PostgreSQL rejects longer values).
+FEEDBACK_LIMITS = {
+    "card": 100,
+    "outcomeTimestamp": 40,
+    "reason.system": 300,
+    "reason.code": 100,
+    "reason.display": 500,
+}
+
+
+def _clip(value: str | None, limit: int) -> str | None:
+    return value if value is None or len(value) <= limit else value[:limit]
 
 
 class StoreUnavailable(Exception):
@@ -136,53 +178,68 @@ class Store:
         self.audit_failures = 0
 
     def create_schema(self) -> None:
-        metadata.create_all(self.engine)
+        """Create the tables that do not exist. Several workers may start at once: a lost race is retried."""
+        for attempt in range(3):
+            try:
+                metadata.create_all(self.engine)
+                return
+            except SQLAlchemyError as exc:
+                if attempt == 2:
+                    raise StoreUnavailable(f"schema could not be created ({type(exc).__name__})") from exc
+                log.warning("schema creation raced with another process (%s); retrying", type(exc).__name__)
+                time.sleep(0.2 * (attempt + 1))
 
     def dispose(self) -> None:
         self.engine.dispose()
 
     # --- feedback -----------------------------------------------------------------------------------
     def save_feedback(self, service_id: str, items: Iterable[FeedbackItem], issuer: str | None = None) -> int:
-        """Store every item (a repeated item is stored once); returns how many were new."""
-        now = datetime.now(UTC)
-        new = 0
-        try:
-            with self.engine.begin() as conn:
-                for item in items:
-                    exists = conn.execute(
-                        select(feedback_table.c.id).where(
-                            feedback_table.c.service_id == service_id,
-                            feedback_table.c.card_uuid == item.card_uuid,
-                            feedback_table.c.outcome == item.outcome,
-                            feedback_table.c.outcome_timestamp == item.outcome_timestamp,
-                        )
-                    ).first()
-                    if exists:
-                        continue
-                    conn.execute(
-                        insert(feedback_table).values(
-                            received_at=now,
-                            service_id=service_id,
-                            card_uuid=item.card_uuid,
-                            outcome=item.outcome,
-                            outcome_timestamp=item.outcome_timestamp,
-                            accepted_suggestions=orjson.dumps(list(item.accepted_suggestions)).decode()
-                            if item.accepted_suggestions
-                            else None,
-                            override_reason_system=item.override_reason_system,
-                            override_reason_code=item.override_reason_code,
-                            override_reason_display=item.override_reason_display,
-                            user_comment=item.user_comment,
-                            issuer=issuer,
-                        )
-                    )
-                    new += 1
-        except IntegrityError:
-            # A concurrent writer stored the same item first: it is stored, which is what was asked.
-            return new
-        except SQLAlchemyError as exc:
-            raise StoreUnavailable(type(exc).__name__) from exc
-        return new
+        """Store every item in one transaction (a repeated item is stored once); returns how many were new.
+
+        Raises StoreUnavailable when the items could not all be stored; then none of them is acknowledged.
+        """
+        batch = list(items)
+        for attempt in range(3):
+            try:
+                with self.engine.begin() as conn:
+                    return sum(self._insert_feedback(conn, service_id, item, issuer) for item in batch)
+            except IntegrityError as exc:
+                # A concurrent writer stored one of the items between our check and our insert (databases
+                # without INSERT .. ON CONFLICT): the transaction was rolled back, so run it again.
+                if attempt == 2:
+                    raise StoreUnavailable(type(exc).__name__) from exc
+            except SQLAlchemyError as exc:
+                raise StoreUnavailable(type(exc).__name__) from exc
+        raise AssertionError("unreachable")
+
+    def _insert_feedback(self, conn: Connection, service_id: str, item: FeedbackItem, issuer: str | None) -> int:
+        values = {
+            "received_at": datetime.now(UTC),
+            "service_id": service_id,
+            "card_uuid": item.card_uuid,
+            "outcome": item.outcome,
+            "outcome_timestamp": item.outcome_timestamp,
+            "accepted_suggestions": orjson.dumps(list(item.accepted_suggestions)).decode()
+            if item.accepted_suggestions
+            else None,
+            "override_reason_system": item.override_reason_system,
+            "override_reason_code": item.override_reason_code,
+            "override_reason_display": item.override_reason_display,
+            "user_comment": item.user_comment,
+            "issuer": _clip(issuer, 500),
+        }
+        dialect = conn.dialect.name
+        if dialect in ("sqlite", "postgresql"):
+            ins = sqlite_insert if dialect == "sqlite" else postgresql_insert
+            stmt = ins(feedback_table).values(**values).on_conflict_do_nothing(index_elements=_FEEDBACK_KEY)
+            return 1 if conn.execute(stmt).rowcount == 1 else 0
+        exists = conn.execute(
+            select(feedback_table.c.id).where(*(feedback_table.c[k] == values[k] for k in _FEEDBACK_KEY))
+        ).first()
+        if exists:
+            return 0
+        conn.execute(insert(feedback_table).values(**values))
+        return 1
 
     def feedback(self, service_id: str | None = None) -> list[dict[str, Any]]:
         query = select(feedback_table).order_by(feedback_table.c.id)
@@ -198,15 +255,15 @@ class Store:
         rows = [
             {
                 "at": e.at,
-                "service_id": e.service_id,
-                "hook_instance": e.hook_instance,
-                "patient_id": e.patient_id,
+                "service_id": _clip(e.service_id, 100),
+                "hook_instance": _clip(e.hook_instance, 200),
+                "patient_id": _clip(e.patient_id, 200),
                 "status": e.status,
                 "evaluation_ms": round(e.evaluation_ms, 3),
                 "cards": orjson.dumps(list(e.cards)).decode(),
                 "rule_ids": orjson.dumps(sorted({c["rule"] for c in e.cards})).decode(),
                 "data_origin": orjson.dumps(e.data_origin).decode() if e.data_origin else None,
-                "issuer": e.issuer,
+                "issuer": _clip(e.issuer, 500),
             }
             for e in entries
         ]
@@ -246,6 +303,7 @@ class AuditWriter:
         self._batch = batch
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._stopping = False
 
     def submit(self, entry: AuditEntry) -> None:
         self._ensure_thread()
@@ -255,14 +313,24 @@ class AuditWriter:
             self.dropped += 1
             log.error("audit queue full: entry for hookInstance %s dropped", entry.hook_instance)
 
-    def flush(self, timeout: float = 10.0) -> None:
-        """Block until every submitted entry has been written (or failed)."""
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Block until every submitted entry has been written (or has failed); False on timeout."""
         if self._thread is None:
-            return
+            return True
         done = threading.Event()
         waiter = threading.Thread(target=lambda: (self._queue.join(), done.set()), daemon=True)
         waiter.start()
-        done.wait(timeout)
+        return done.wait(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then stop the thread."""
+        if self._thread is None or not self._thread.is_alive():
+            return
+        self.flush(timeout)
+        self._stopping = True
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=1)
+        self._thread.join(timeout)
 
     def _ensure_thread(self) -> None:
         # Started lazily: a thread created before gunicorn forks its workers would not survive the fork.
@@ -276,6 +344,7 @@ class AuditWriter:
     def _run(self) -> None:
         while True:
             entry = self._queue.get()
+            stop = entry is None and self._stopping
             batch = [entry] if entry is not None else []
             while len(batch) < self._batch:
                 try:
@@ -286,8 +355,10 @@ class AuditWriter:
                     batch.append(more)
                 else:
                     self._queue.task_done()
+                    stop = stop or self._stopping
             try:
-                self.store.write_audit(batch)
+                if batch:
+                    self.store.write_audit(batch)
             except Exception as exc:  # the database is down or full: count, log, carry on
                 self.failures += len(batch)
                 self.store.audit_failures += len(batch)
@@ -297,3 +368,5 @@ class AuditWriter:
                     self._queue.task_done()
                 if entry is None:
                     self._queue.task_done()
+            if stop:
+                return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,14 +12,15 @@ from flask import Blueprint, Response, current_app, g, request
 
 from ..engine import Engine
 from ..errors import ServiceError, bad_request
-from ..store import AuditEntry, FeedbackItem, Store, StoreUnavailable
+from ..store import FEEDBACK_LIMITS, AuditEntry, AuditWriter, FeedbackItem, Store, StoreUnavailable
 from .common import json_response, read_json_body
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("hooks", __name__)
 
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]00:00)$")
+# RFC 3339 section 5.6 date-time in UTC ("Z" or a zero offset), e.g. 1985-04-12T23:20:50.52Z.
+_RFC3339_UTC = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(?:[Zz]|[+-]00:00)$")
 
 
 def _engine() -> Engine:
@@ -32,7 +34,13 @@ def call_service(service_id: str) -> Response:
     body = read_json_body(request)
     client = getattr(g, "cds_client", None)
     allowed = client.fhir_servers if client is not None else None
-    outcome = engine.handle(service_id, body, allowed_fhir_servers=allowed)
+    issuer = client.issuer if client is not None else None
+    started = time.perf_counter()
+    try:
+        outcome = engine.handle(service_id, body, allowed_fhir_servers=allowed)
+    except ServiceError as error:
+        _audit_error(service_id, body, error, (time.perf_counter() - started) * 1000, issuer)
+        raise
     log.info(
         "hook %s hookInstance=%s patient=%s cards=%d evaluation_ms=%.1f",
         service_id,
@@ -41,7 +49,7 @@ def call_service(service_id: str) -> Response:
         len(outcome.cards),
         outcome.evaluation_ms,
     )
-    writer = current_app.extensions.get("cds_audit_writer")
+    writer = _audit_writer()
     if writer is not None:
         writer.submit(
             AuditEntry(
@@ -56,10 +64,39 @@ def call_service(service_id: str) -> Response:
                     for c in outcome.cards
                 ),
                 data_origin=outcome.data_origin,
-                issuer=client.issuer if client is not None else None,
+                issuer=issuer,
             )
         )
     return json_response(outcome.body)
+
+
+def _audit_writer() -> AuditWriter | None:
+    return current_app.extensions.get("cds_audit_writer")
+
+
+def _audit_error(service_id: str, body: Any, error: ServiceError, elapsed_ms: float, issuer: str | None) -> None:
+    """Audit a hook call that ended in an error, when it names its hookInstance (identifiers only)."""
+    writer = _audit_writer()
+    if writer is None or not isinstance(body, dict):
+        return
+    hook_instance = body.get("hookInstance")
+    if not isinstance(hook_instance, str) or not hook_instance:
+        return
+    context = body.get("context")
+    patient_id = context.get("patientId") if isinstance(context, dict) else None
+    writer.submit(
+        AuditEntry(
+            at=datetime.now(UTC),
+            service_id=service_id,
+            hook_instance=hook_instance,
+            patient_id=patient_id if isinstance(patient_id, str) else None,
+            status=error.status,
+            evaluation_ms=elapsed_ms,
+            cards=(),
+            data_origin={},
+            issuer=issuer,
+        )
+    )
 
 
 @bp.post("/cds-services/<service_id>/feedback")
@@ -84,30 +121,27 @@ def parse_feedback(body: Any) -> list[FeedbackItem]:
     if not isinstance(body, dict):
         raise bad_request("The feedback body must be a JSON object", "$")
     raw_items = body.get("feedback")
+    if raw_items is None:
+        raise bad_request("Missing required field feedback", "feedback", code="required")
     if not isinstance(raw_items, list) or not raw_items:
-        raise bad_request("feedback must be a non-empty array", "feedback", code="required")
+        raise bad_request("feedback must be a non-empty array", "feedback")
     items = []
     for i, item in enumerate(raw_items):
         path = f"feedback[{i}]"
         if not isinstance(item, dict):
             raise bad_request(f"{path} must be an object", path)
         card = item.get("card")
-        if not isinstance(card, str) or not card:
-            raise bad_request(f"{path}.card must be the uuid of a card", f"{path}.card", code="required")
+        if card is None:
+            raise bad_request(f"{path}.card is required", f"{path}.card", code="required")
+        if not isinstance(card, str) or not card.strip():
+            raise bad_request(f"{path}.card must be the uuid of a card", f"{path}.card")
+        _check_length(card, FEEDBACK_LIMITS["card"], f"{path}.card")
         outcome = item.get("outcome")
+        if outcome is None:
+            raise bad_request(f"{path}.outcome is required", f"{path}.outcome", code="required")
         if outcome not in ("accepted", "overridden"):
             raise bad_request(f"{path}.outcome must be accepted or overridden", f"{path}.outcome")
-        stamp = item.get("outcomeTimestamp")
-        if not isinstance(stamp, str) or not _RFC3339.match(stamp):
-            raise bad_request(
-                f"{path}.outcomeTimestamp must be an RFC 3339 UTC date-time",
-                f"{path}.outcomeTimestamp",
-                code="required",
-            )
-        try:
-            datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise bad_request(f"{path}.outcomeTimestamp is not a valid date-time", f"{path}.outcomeTimestamp") from exc
+        stamp = _utc_timestamp(item.get("outcomeTimestamp"), f"{path}.outcomeTimestamp")
         accepted: list[str] = []
         raw_accepted = item.get("acceptedSuggestions")
         if outcome == "accepted" and (not isinstance(raw_accepted, list) or not raw_accepted):
@@ -147,6 +181,10 @@ def parse_feedback(body: Any) -> list[FeedbackItem]:
                             f"{path}.overrideReason.reason.{key} must be a string",
                             f"{path}.overrideReason.reason.{key}",
                         )
+                for key in ("system", "code", "display"):
+                    if isinstance(reason.get(key), str):
+                        limit = FEEDBACK_LIMITS[f"reason.{key}"]
+                        _check_length(reason[key], limit, f"{path}.overrideReason.reason.{key}")
                 reason_system, reason_code, reason_display = reason.get("system"), reason["code"], reason.get("display")
             comment = override.get("userComment")
             if comment is not None and not isinstance(comment, str):
@@ -166,3 +204,26 @@ def parse_feedback(body: Any) -> list[FeedbackItem]:
             )
         )
     return items
+
+
+def _check_length(value: str, limit: int, path: str) -> None:
+    if len(value) > limit:
+        raise bad_request(f"{path} is longer than {limit} characters", path, code="too-long")
+
+
+def _utc_timestamp(value: Any, path: str) -> str:
+    """The outcomeTimestamp checked (RFC 3339, UTC) and normalised, so that one instant is one stored value."""
+    if value is None:
+        raise bad_request(f"{path} is required", path, code="required")
+    if not isinstance(value, str):
+        raise bad_request(f"{path} must be an RFC 3339 UTC date-time string", path)
+    match = _RFC3339_UTC.match(value)
+    if match is None:
+        raise bad_request(f"{path} must be an RFC 3339 date-time in UTC (e.g. 2026-11-21T09:00:00Z)", path)
+    date, clock, fraction = match.groups()
+    try:
+        datetime.fromisoformat(f"{date}T{clock}")
+    except ValueError as exc:
+        raise bad_request(f"{path} is not a valid date-time", path) from exc
+    fraction = (fraction or "").rstrip("0")
+    return f"{date}T{clock}{'.' + fraction if fraction else ''}Z"

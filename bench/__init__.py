@@ -1,0 +1,1 @@
+"""Load benchmark of the CDS service against a bare Flask app (see bench/README.md)."""

@@ -1,0 +1,303 @@
+"""Realistic order-sign requests of three sizes for the benchmark (built with tests/fhir_builders.py).
+
+* S: Cycle 1 Day 1 (1 mg step-up) with its dexamethasone and saline orders, no administration history,
+  one pre-dose panel: a handful of resources.
+* M: Cycle 4 Day 1 maintenance dose (10 mg) with its history: 7 administrations, 12 weeks of weekly CBC and
+  liver panels, 20 other medication orders, a resolved Grade 1 CRS and a short problem list (~110 resources).
+* L: Cycle 14 Day 1 a year into treatment: 52 weeks of weekly labs (CBC, liver, electrolytes, eGFR), every
+  administration and its order, monthly refills of supportive medicines (~700 resources).
+
+Every request carries all five prefetch keys as searchset Bundles, is planned for Monday 2026-11-23 and is
+consistent with an evaluation time of 2026-11-21T09:00:00Z (`CDS_NOW`). Ids are deterministic, so a body is
+byte-identical from run to run. `python -m bench.workload --out DIR` writes the three bodies as JSON files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+
+import fhir_builders as fb  # noqa: E402  (tests/fhir_builders.py: the project's realistic FHIR builders)
+
+NOW = "2026-11-21T09:00:00Z"  # the benchmark's CDS_NOW (a Saturday)
+PLANNED_DATE = date(2026, 11, 23)  # the planned administration date (Monday)
+SERVICE_ID = "tarlatamab-order-sign"
+SIZES = ("S", "M", "L")
+CBC_LFT = ("anc", "hemoglobin", "platelets", "alt", "ast", "bilirubin")
+EXTENDED_PANEL = (*CBC_LFT, "sodium", "potassium", "uric_acid", "egfr")
+# analyte -> (normal value, relative spread) for the deterministic week-to-week variation
+LAB_VALUES: dict[str, tuple[float, float]] = {
+    "anc": (3.4, 0.25), "hemoglobin": (12.4, 0.06), "platelets": (212, 0.15), "alt": (24, 0.2),
+    "ast": (27, 0.2), "bilirubin": (0.6, 0.2), "sodium": (139, 0.01), "potassium": (4.2, 0.05),
+    "uric_acid": (5.1, 0.1), "egfr": (78, 0.06),
+}  # fmt: skip
+SUPPORTIVE = (  # (RxNorm, display, order text)
+    ("26225", "ondansetron", "ondansetron 8 mg tablet, 1 tablet by mouth every 8 hours as needed for nausea"),
+    ("40790", "pantoprazole", "pantoprazole 40 mg delayed-release tablet, 1 tablet by mouth daily"),
+    ("161", "acetaminophen", "acetaminophen 500 mg tablet, 2 tablets by mouth every 6 hours as needed"),
+    ("17767", "amlodipine", "amlodipine 5 mg tablet, 1 tablet by mouth daily"),
+    ("83367", "atorvastatin", "atorvastatin 20 mg tablet, 1 tablet by mouth at bedtime"),
+    ("6809", "metformin", "metformin 500 mg tablet, 1 tablet by mouth twice daily with meals"),
+    ("10582", "levothyroxine", "levothyroxine 50 mcg tablet, 1 tablet by mouth daily before breakfast"),
+    ("435", "albuterol", "albuterol 90 mcg/actuation inhaler, 2 puffs every 4 hours as needed"),
+)
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    size: str
+    description: str
+    body: dict[str, Any]
+
+    @property
+    def resources(self) -> int:
+        return count_resources(self.body)
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.body)
+
+
+def count_resources(body: dict[str, Any]) -> int:
+    """FHIR resources in a request: the draft orders plus every prefetched resource (a Bundle counts its entries)."""
+    total = len(body["context"].get("draftOrders", {}).get("entry", []))
+    for value in body.get("prefetch", {}).values():
+        if isinstance(value, dict) and value.get("resourceType") == "Bundle":
+            total += len(value.get("entry", []))
+        elif isinstance(value, dict):
+            total += 1
+    return total
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+def _at(day: date, hour: int = 9, minute: int = 0) -> str:
+    return datetime(day.year, day.month, day.day, hour, minute, tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _schedule(first: date, cycles: int) -> list[tuple[str, date, float]]:
+    """(position, date, dose mg) of every dose from C1D1 through cycle `cycles` (days 1 and 15 after cycle 1)."""
+    doses = [("C1D1", first, 1.0), ("C1D8", first + timedelta(days=7), 10.0), ("C1D15", first + timedelta(days=14), 10.0)]
+    for cycle in range(2, cycles + 1):
+        start = first + timedelta(days=28 * (cycle - 1))
+        doses.append((f"C{cycle}D1", start, 10.0))
+        doses.append((f"C{cycle}D15", start + timedelta(days=14), 10.0))
+    return doses
+
+
+def _weekly_labs(
+    size: str, last_draw: date, weeks: int, analytes: tuple[str, ...], rng: random.Random
+) -> list[dict[str, Any]]:
+    """`weeks` weekly panels ending on `last_draw`, newest first (as `_sort=-date` returns them)."""
+    out = []
+    for week in range(weeks):
+        drawn = _at(last_draw - timedelta(days=7 * week), 7, 30)
+        for analyte in analytes:
+            normal, spread = LAB_VALUES[analyte]
+            value = normal if week == 0 else normal * (1 + rng.uniform(-spread, spread))
+            digits = 0 if normal >= 100 else 1 if normal >= 10 else 2
+            out.append(fb.lab(analyte, round(value, digits), drawn, oid=f"{size}-lab-{analyte.replace('_', '')}-{week}"))
+    return out
+
+
+def _medication_request(
+    rid: str, rxnorm: str, display: str, text: str, authored: date, status: str = "active"
+) -> dict[str, Any]:
+    return {
+        "resourceType": "MedicationRequest",
+        "id": rid,
+        "status": status,
+        "intent": "order",
+        "medicationCodeableConcept": {"coding": [{"system": fb.RXNORM, "code": rxnorm, "display": display}], "text": text},
+        "subject": {"reference": f"Patient/{fb.PATIENT_ID}"},
+        "authoredOn": _at(authored, 10),
+        "requester": {"reference": "Practitioner/onc-42", "display": "Dr. A. Lindqvist"},
+        "dosageInstruction": [{"text": text}],
+    }
+
+
+def _given_orders(size: str, doses: list[tuple[str, date, float]]) -> list[dict[str, Any]]:
+    """The completed tarlatamab order behind every dose given, and the premedication/hydration of C1D1 and C1D8."""
+    out = []
+    for position, day, mg in doses:
+        out.append(
+            fb.tarlatamab_order(_at(day), dose=mg, oid=f"{size}-tarla-order-{position}", status="completed")
+        )
+        if position in ("C1D1", "C1D8"):
+            out.append(fb.dexamethasone_order(_at(day, 8), oid=f"{size}-dexa-{position}", status="completed"))
+            out.append(fb.saline_order(_at(day, 10), oid=f"{size}-nacl-{position}", status="completed"))
+    return out
+
+
+def _administrations(size: str, doses: list[tuple[str, date, float]]) -> list[dict[str, Any]]:
+    return [fb.administration(_at(day, 9, 5), dose=mg, aid=f"{size}-adm-{position}") for position, day, mg in doses]
+
+
+def _platinum(size: str, first: date, cycles: int) -> list[dict[str, Any]]:
+    out = []
+    for cycle in range(cycles):
+        resource = fb.platinum_request(_at(first + timedelta(days=21 * cycle), 10), "carboplatin")
+        resource["id"] = f"{size}-carboplatin-{cycle + 1}"
+        out.append(resource)
+    return out
+
+
+def _history_conditions(size: str, extra: int) -> list[dict[str, Any]]:
+    problems = [
+        (fb.SNOMED, "38341003", "Hypertensive disorder", "2015-03-10"),
+        (fb.ICD10, "E11.9", "Type 2 diabetes mellitus without complications", "2018-06-21"),
+        (fb.ICD10, "J44.9", "Chronic obstructive pulmonary disease, unspecified", "2016-01-14"),
+        (fb.ICD10, "C79.31", "Secondary malignant neoplasm of brain", "2026-01-20"),
+        (fb.ICD10, "E03.9", "Hypothyroidism, unspecified", "2020-09-02"),
+        (fb.ICD10, "D63.0", "Anemia in neoplastic disease", "2026-02-11"),
+        (fb.ICD10, "G62.9", "Polyneuropathy, unspecified", "2026-03-30"),
+    ]
+    return [
+        fb.condition(system, code, display, onset, cid=f"{size}-cond-{i}")
+        for i, (system, code, display, onset) in enumerate(problems[:extra])
+    ]
+
+
+def _request(
+    size: str,
+    *,
+    drafts: list[dict[str, Any]],
+    medications: list[dict[str, Any]],
+    administrations: list[dict[str, Any]],
+    observations: list[dict[str, Any]],
+    conditions: list[dict[str, Any]],
+) -> dict[str, Any]:
+    return fb.hook_request(
+        "order-sign",
+        drafts=drafts,
+        medications=medications,
+        administrations=administrations,
+        observations=observations,
+        conditions=conditions,
+        hook_instance=str(uuid.uuid5(uuid.NAMESPACE_URL, f"urn:tarlatamab-cds:bench:{size}")),
+    )
+
+
+# --- the three sizes --------------------------------------------------------------------------------
+def small() -> BenchRequest:
+    """C1D1: the 1 mg step-up dose with dexamethasone and saline, one pre-dose panel, no history."""
+    planned = _at(PLANNED_DATE)
+    drafts = [
+        fb.tarlatamab_order(planned, dose=1, oid="S-tarla-order-C1D1"),
+        fb.dexamethasone_order(_at(PLANNED_DATE, 8), oid="S-dexa-C1D1"),
+        fb.saline_order(_at(PLANNED_DATE, 10), oid="S-nacl-C1D1"),
+    ]
+    drawn = _at(PLANNED_DATE - timedelta(days=3), 7, 30)
+    observations = [fb.lab(a, LAB_VALUES[a][0], drawn, oid=f"S-lab-{a}") for a in (*CBC_LFT, "egfr")]
+    body = _request(
+        "S",
+        drafts=drafts,
+        medications=_platinum("S", date(2026, 6, 1), 1),
+        administrations=[],
+        observations=observations,
+        conditions=[fb.sclc_condition()],
+    )
+    return BenchRequest("S", "C1D1 step-up (1 mg), premedication and hydration orders, no history", body)
+
+
+def medium() -> BenchRequest:
+    """C4D1 maintenance 10 mg: 7 doses given, 12 weeks of CBC/LFT, 20 other medication orders."""
+    rng = random.Random(20261123)
+    first = PLANNED_DATE - timedelta(days=28 * 3)  # C1D1 = 2026-08-31
+    doses = _schedule(first, 3)
+    observations = _weekly_labs("M", PLANNED_DATE - timedelta(days=3), 12, CBC_LFT, rng)
+    observations.append(fb.grade_observation("crs-grade", 1, _at(first + timedelta(days=1), 2), oid="M-crs-grade-1"))
+    observations.append(fb.grade_observation("crs-grade", 0, _at(first + timedelta(days=2), 9), oid="M-crs-grade-2"))
+    medications = _given_orders("M", doses)  # 7 tarlatamab + 4 premedication/hydration
+    medications += _platinum("M", date(2026, 4, 6), 3)
+    medications += [
+        _medication_request(f"M-med-{rx}", rx, display, text, date(2026, 8, 20))
+        for rx, display, text in SUPPORTIVE[:6]
+    ]
+    conditions = [
+        fb.sclc_condition(),
+        fb.crs_condition(1, _at(first + timedelta(days=1), 2), _at(first + timedelta(days=2), 9), cid="M-crs-1"),
+        *_history_conditions("M", 4),
+    ]
+    body = _request(
+        "M",
+        drafts=[fb.tarlatamab_order(_at(PLANNED_DATE), dose=10, oid="M-tarla-order-C4D1")],
+        medications=medications,
+        administrations=_administrations("M", doses),
+        observations=observations,
+        conditions=conditions,
+    )
+    return BenchRequest("M", "C4D1 maintenance 10 mg with 7 doses of history and 12 weeks of labs", body)
+
+
+def large() -> BenchRequest:
+    """C14D1 a year into treatment: weekly extended labs for 52 weeks, every administration and its order."""
+    rng = random.Random(20251124)
+    first = PLANNED_DATE - timedelta(days=28 * 13)  # C1D1 = 2025-11-24
+    doses = _schedule(first, 13)
+    observations = _weekly_labs("L", PLANNED_DATE - timedelta(days=3), 52, EXTENDED_PANEL, rng)
+    for i, (kind, value, offset) in enumerate(
+        [("crs-grade", 1, 1), ("crs-grade", 0, 2), ("ice-score", 10, 1), ("crs-grade", 2, 8), ("crs-grade", 0, 10),
+         ("ice-score", 10, 8)]
+    ):  # fmt: skip
+        observations.append(fb.grade_observation(kind, value, _at(first + timedelta(days=offset), 6), oid=f"L-grade-{i}"))
+    medications = _given_orders("L", doses)  # 27 tarlatamab + 4 premedication/hydration
+    medications += _platinum("L", date(2025, 8, 4), 4)
+    for month in range(12):
+        authored = first + timedelta(days=30 * month)
+        status = "active" if month == 11 else "completed"
+        medications += [
+            _medication_request(f"L-med-{rx}-{month}", rx, display, text, authored, status)
+            for rx, display, text in SUPPORTIVE
+        ]
+    conditions = [
+        fb.sclc_condition("2025-07-15"),
+        fb.crs_condition(1, _at(first + timedelta(days=1), 2), _at(first + timedelta(days=2), 9), cid="L-crs-1"),
+        fb.crs_condition(2, _at(first + timedelta(days=8), 1), _at(first + timedelta(days=10), 9), cid="L-crs-2"),
+        *_history_conditions("L", 7),
+    ]
+    body = _request(
+        "L",
+        drafts=[fb.tarlatamab_order(_at(PLANNED_DATE), dose=10, oid="L-tarla-order-C14D1")],
+        medications=medications,
+        administrations=_administrations("L", doses),
+        observations=observations,
+        conditions=conditions,
+    )
+    return BenchRequest("L", "C14D1 a year into treatment: 52 weeks of weekly labs and all 27 doses", body)
+
+
+BUILDERS: dict[str, Callable[[], BenchRequest]] = {"S": small, "M": medium, "L": large}
+
+
+def build(size: str) -> BenchRequest:
+    return BUILDERS[size]()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write the benchmark's order-sign request bodies")
+    parser.add_argument("--out", type=Path, required=True, help="folder for bench-S.json, bench-M.json, bench-L.json")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for size in SIZES:
+        request = build(size)
+        raw = request.to_bytes()
+        path = args.out / f"bench-{size}.json"
+        path.write_bytes(raw)
+        print(f"{path}: {request.resources} resources, {len(raw) / 1024:.1f} KiB - {request.description}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
