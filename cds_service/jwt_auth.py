@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import jwt
@@ -49,11 +49,10 @@ from .store import Store, StoreUnavailable
 log = logging.getLogger(__name__)
 
 # Asymmetric algorithms only: `none` and every HMAC algorithm are refused whatever the configuration says.
-SUPPORTED_ALGORITHMS = frozenset(
-    {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
-)
+SUPPORTED_ALGORITHMS = frozenset({"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 _KEY_TYPE = {"ES": "EC", "RS": "RSA", "PS": "RSA"}
 MAX_TOKEN_CHARS = 16 * 1024
+MIN_RSA_BITS = 2048
 MAX_JTI_CHARS = 255
 MAX_JWKS_BYTES = 256 * 1024
 JWKS_MIN_REFETCH_SECONDS = 30.0
@@ -88,9 +87,8 @@ def check_algorithms(algorithms: Iterable[str], where: str) -> tuple[str, ...]:
         raise IssuerConfigError(f"{where}: at least one signing algorithm is needed")
     for alg in result:
         if alg not in SUPPORTED_ALGORITHMS:
-            raise IssuerConfigError(
-                f"{where}: algorithm {alg!r} is not allowed (asymmetric only: {', '.join(sorted(SUPPORTED_ALGORITHMS))})"
-            )
+            allowed = ", ".join(sorted(SUPPORTED_ALGORITHMS))
+            raise IssuerConfigError(f"{where}: algorithm {alg!r} is not allowed (asymmetric only: {allowed})")
     return result
 
 
@@ -355,7 +353,7 @@ class JwtClientAuth:
             self._reject("jti replayed", iss, jti, request)
         return ClientIdentity(issuer=issuer.iss, fhir_servers=FhirServerAllowList(issuer.fhir_servers), jti=jti)
 
-    def _reject(self, reason: str, iss: Any, jti: Any, request: Request) -> None:
+    def _reject(self, reason: str, iss: Any, jti: Any, request: Request) -> NoReturn:
         log.warning("JWT rejected: %s (iss=%s, jti=%s, path=%s)", reason, _safe(iss), _safe(jti), request.path)
         raise ServiceError.single(401, "Unauthorized")
 
@@ -409,13 +407,12 @@ class JwtClientAuth:
         if not isinstance(kid, str) or not kid:
             raise Rejected("kid missing")
         jku = header.get("jku")
-        if jku is not None:
-            if (
-                not isinstance(jku, str)
-                or issuer.jwks_url is None
-                or _normalise_url(jku) != _normalise_url(issuer.jwks_url)
-            ):
-                raise Rejected("jku is not the issuer's configured jwks_url")
+        if jku is not None and (
+            not isinstance(jku, str)
+            or issuer.jwks_url is None
+            or _normalise_url(jku) != _normalise_url(issuer.jwks_url)
+        ):
+            raise Rejected("jku is not the issuer's configured jwks_url")
         return alg
 
     def _key(self, header: dict[str, Any], issuer: TrustedIssuer, alg: str) -> jwt.PyJWK:
@@ -440,9 +437,12 @@ class JwtClientAuth:
             if "d" in jwk or jwk.get("kty") == "oct":
                 continue
             try:
-                return jwt.PyJWK(jwk, algorithm=alg)
+                key = jwt.PyJWK(jwk, algorithm=alg)
             except Exception as exc:
                 raise Rejected(f"the issuer's key {kid!r} is unusable ({type(exc).__name__})") from None
+            if jwk["kty"] == "RSA" and getattr(key.key, "key_size", 0) < MIN_RSA_BITS:
+                raise Rejected(f"the issuer's RSA key {kid!r} is shorter than {MIN_RSA_BITS} bits")
+            return key
         raise Rejected("no key with this kid fits alg")
 
     @staticmethod

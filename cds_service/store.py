@@ -37,7 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 log = logging.getLogger(__name__)
@@ -154,9 +154,10 @@ class AuditEntry:
 
 
 def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite:///"):
-        path = url.removeprefix("sqlite:///")
-        if path and path != ":memory:":
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = parsed.database
+        if path and path != ":memory:" and not path.startswith("file:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 15, "check_same_thread": False})
 
@@ -232,6 +233,9 @@ class Store:
         if dialect in ("sqlite", "postgresql"):
             ins = sqlite_insert if dialect == "sqlite" else postgresql_insert
             stmt = ins(feedback_table).values(**values).on_conflict_do_nothing(index_elements=_FEEDBACK_KEY)
+            if conn.dialect.insert_returning:
+                # rowcount is not reliable with RETURNING (psycopg reports -1): a returned id means "inserted".
+                return 1 if conn.execute(stmt.returning(feedback_table.c.id)).first() is not None else 0
             return 1 if conn.execute(stmt).rowcount == 1 else 0
         exists = conn.execute(
             select(feedback_table.c.id).where(*(feedback_table.c[k] == values[k] for k in _FEEDBACK_KEY))

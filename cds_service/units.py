@@ -145,7 +145,7 @@ def format_multiple(multiple: float, threshold: float | None = None) -> str:
 
 
 def format_quantity(value: float, unit: str, raw_value: str | None = None, raw_unit: str | None = None) -> str:
-    """"0.8 x10^9/L (800 /uL as reported)" when the reported unit differs from the canonical one."""
+    """The canonical value, with the reported one when its unit differs: "0.8 x10^9/L (reported 800 /uL)"."""
     shown = f"{format_number(value)} {unit_display(unit)}"
     if raw_unit is not None and raw_value is not None and raw_unit != unit:
         shown += f" (reported {raw_value} {raw_unit})"

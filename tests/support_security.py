@@ -6,7 +6,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -103,7 +103,9 @@ class LocalServer:
     stop: threading.Event = field(default_factory=threading.Event)
 
 
-def send_json(handler: BaseHTTPRequestHandler, body: Any, status: int = 200, ctype: str = "application/fhir+json") -> None:
+def send_json(
+    handler: BaseHTTPRequestHandler, body: Any, status: int = 200, ctype: str = "application/fhir+json"
+) -> None:
     raw = orjson.dumps(body)
     handler.send_response(status)
     handler.send_header("Content-Type", ctype)
@@ -123,10 +125,8 @@ def local_server(respond: Callable[[BaseHTTPRequestHandler, LocalServer], None])
         def do_GET(self) -> None:
             server = state["server"]
             server.requests.append(Recorded(self.path, dict(self.headers.items())))
-            try:
+            with suppress(BrokenPipeError, ConnectionResetError):
                 respond(self, server)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
 
         def log_message(self, *args: Any) -> None:  # keep the test output quiet
             pass

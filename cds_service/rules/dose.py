@@ -53,7 +53,9 @@ def schedule_evidence(order: DraftOrder, expected: ExpectedDose) -> tuple[Eviden
     out = [*order_evidence(order), *last_dose_evidence(expected.last)]
     if expected.gap_days is not None:
         out.append(
-            Evidence("Days since the last dose", f"{expected.gap_days} (restart when more than {expected.max_gap_days})")
+            Evidence(
+                "Days since the last dose", f"{expected.gap_days} (restart when more than {expected.max_gap_days})"
+            )
         )
     episode = expected.crs_episode
     if episode is not None:
@@ -66,7 +68,7 @@ def schedule_evidence(order: DraftOrder, expected: ExpectedDose) -> tuple[Eviden
                 ", ".join(episode.references) or None,
             )
         )
-    out.append(Evidence("Expected dose", f"{expected.dose_mg} mg ({expected.position.display})"))
+    out.append(Evidence("Expected dose", f"{expected.dose_mg} mg for {expected.position.display}"))
     return tuple(out)
 
 
@@ -79,6 +81,7 @@ def dose_values(order: DraftOrder, expected: ExpectedDose) -> dict[str, Any]:
         "expected_mg": expected.dose_mg,
         "max_gap_days": expected.max_gap_days if expected.max_gap_days is not None else "-",
         "crs_date": episode.onset.date().isoformat() if episode else "-",
+        "crs_state": ("active" if episode.active else "resolved") if episode else "-",
         "problem": order.dose.problem or "it is neither 1 mg nor 10 mg",
         **describe_last(expected),
     }

@@ -1,42 +1,220 @@
-"""PLACEHOLDER: to be implemented (see issue 3)."""
+"""Special populations and other pre-dose checks (spec/protocol.md sections 1 and 9).
+
+Decisions where the specification is silent:
+- The pregnancy-status check applies to females and also to patients whose administrative gender is absent,
+  "unknown" or "other" (pregnancy cannot be excluded), and when the age is unknown. When the schedule
+  position is unknown (administration history unavailable) it is applied too; the contraception advice and
+  the indication check, which are tied to C1D1, are not.
+- "Pregnant" is decided by the newest pregnancy evidence up to now; a positive result older than
+  `pregnancy_positive_lookback_days` before the planned date no longer counts.
+- The renal and hepatic checks read the most recent usable eGFR / bilirubin up to now, whatever its age.
+"""
 
 from __future__ import annotations
 
-from ..facts import DraftOrder, PatientFacts
-from ..findings import Finding
+from ..facts import DraftOrder, PatientFacts, PregnancyEvidence
+from ..findings import Evidence, Finding, SuggestionSpec
 from ..protocol import Protocol
-from . import EvaluationContext
+from ..units import clean, format_multiple, format_quantity
+from . import EvaluationContext, schedule
+from .labs import latest_usable_any_date, result_evidence, result_value
+
+# The first dose of treatment: contraception advice is given there (spec section 9, "every C1D1").
+FIRST_DOSE = "C1D1"
+_GENDERS_THAT_CANNOT_BE_EXCLUDED = (None, "unknown", "other")
+
+
+def _position_names(facts: PatientFacts, order: DraftOrder, protocol: Protocol) -> frozenset[str] | None:
+    expected = schedule.expected_dose(facts, order.planned_date, protocol)
+    return expected.position.names if expected is not None else None
+
+
+def _position_text(names: frozenset[str] | None) -> str:
+    if names is None:
+        return "this dose"
+    return "R1" if "R1" in names else sorted(names)[0]
+
+
+def _evidence(item: PregnancyEvidence) -> Evidence:
+    return Evidence("Pregnancy", item.description, item.at.date().isoformat(), item.reference)
+
+
+def latest_pregnancy(facts: PatientFacts, ctx: EvaluationContext) -> PregnancyEvidence | None:
+    return next((e for e in facts.pregnancy if e.at <= ctx.now), None)
 
 
 def check_pregnancy(
     facts: PatientFacts, order: DraftOrder, protocol: Protocol, ctx: EvaluationContext
 ) -> list[Finding]:
-    return []
+    pops = protocol.section("populations")
+    findings: list[Finding] = []
+    latest = latest_pregnancy(facts, ctx)
+    pregnant = (
+        latest is not None
+        and latest.status == "pregnant"
+        and (order.planned_date - latest.at.date()).days <= int(pops["pregnancy_positive_lookback_days"])
+    )
+    if pregnant:
+        assert latest is not None
+        findings.append(
+            Finding(
+                "pregnancy.pregnant",
+                order.resource_id,
+                {"evidence": latest.description, "date": latest.at.date().isoformat()},
+                (_evidence(latest),),
+                (SuggestionSpec("delete-order", order.resource_id),),
+            )
+        )
+
+    sex_applies = facts.gender == pops["pregnancy_check_sex"] or facts.gender in _GENDERS_THAT_CANNOT_BE_EXCLUDED
+    age = facts.age_on(order.planned_date)
+    age_applies = age is None or int(pops["pregnancy_check_age_min"]) <= age <= int(pops["pregnancy_check_age_max"])
+    if not (sex_applies and age_applies):
+        return findings
+    names = _position_names(facts, order, protocol)
+    if names is not None and not names & set(pops["pregnancy_check_positions"]):
+        return findings
+
+    window = int(pops["pregnancy_status_window_days"])
+    recent = [e for e in facts.pregnancy if e.at <= ctx.now and (order.planned_date - e.at.date()).days <= window]
+    if not recent and not pregnant:
+        latest_text = (
+            f"The latest on record is {latest.description} ({latest.at.date().isoformat()})."
+            if latest is not None
+            else "None is on record."
+        )
+        findings.append(
+            Finding(
+                "pregnancy.status-unknown",
+                order.resource_id,
+                {
+                    "position": _position_text(names),
+                    "age": age if age is not None else "unknown",
+                    "planned_date": order.planned_date.isoformat(),
+                    "latest": latest_text,
+                },
+                (_evidence(latest),) if latest is not None else (),
+                (SuggestionSpec("create-lab", order.resource_id, {"orderable": "hcg"}),),
+            )
+        )
+    if names is not None and FIRST_DOSE in names and not pregnant:
+        findings.append(Finding("pregnancy.contraception", order.resource_id))
+    return findings
 
 
 def check_lactation(
     facts: PatientFacts, order: DraftOrder, protocol: Protocol, ctx: EvaluationContext
 ) -> list[Finding]:
-    return []
+    latest = next((b for b in facts.breastfeeding if b[1] <= ctx.now), None)
+    if latest is None or not latest[0]:
+        return []
+    _, at, reference = latest
+    return [
+        Finding(
+            "lactation.breastfeeding",
+            order.resource_id,
+            {"date": at.date().isoformat()},
+            (Evidence("Breastfeeding status", "currently breastfeeding", at.date().isoformat(), reference),),
+        )
+    ]
 
 
 def check_age(facts: PatientFacts, order: DraftOrder, protocol: Protocol, ctx: EvaluationContext) -> list[Finding]:
-    return []
+    age = facts.age_on(order.planned_date)
+    if age is None or age >= int(protocol.section("populations")["adult_age_years"]):
+        return []  # an unknown birth date is reported by the data-quality card (facts.issues)
+    assert facts.birth_date is not None
+    return [
+        Finding(
+            "eligibility.age",
+            order.resource_id,
+            {"age": age, "birth_date": facts.birth_date.isoformat()},
+            (Evidence("Age at the planned administration", f"{age} years", order.planned_date.isoformat()),),
+        )
+    ]
 
 
 def check_indication(
     facts: PatientFacts, order: DraftOrder, protocol: Protocol, ctx: EvaluationContext
 ) -> list[Finding]:
-    return []
+    names = _position_names(facts, order, protocol)
+    if names is None or not names & set(protocol.section("populations")["indication_check_positions"]):
+        return []
+    missing: list[str] = []
+    if not facts.sclc_diagnoses:
+        missing.append("small cell lung cancer diagnosis")
+    if not facts.platinum_history:
+        drugs = " or ".join(protocol.section("medications")["platinum"]["text"])
+        missing.append(f"prior platinum chemotherapy ({drugs})")
+    if not missing:
+        return []
+    evidence = tuple(
+        Evidence(
+            "Small cell lung cancer diagnosis", d.display, d.onset.date().isoformat() if d.onset else None, d.reference
+        )
+        for d in facts.sclc_diagnoses
+    ) + tuple(Evidence("Prior platinum", "on record", reference=ref) for ref in facts.platinum_history[:3])
+    return [Finding("eligibility.indication", order.resource_id, {"missing": " and ".join(missing)}, evidence)]
 
 
 def check_organ_function(
     facts: PatientFacts, order: DraftOrder, protocol: Protocol, ctx: EvaluationContext
 ) -> list[Finding]:
-    return []
+    thresholds = protocol.section("labs")["thresholds"]
+    findings: list[Finding] = []
+    egfr = latest_usable_any_date(facts.labs.get("egfr", ()), ctx.now)
+    if egfr is not None and egfr.value is not None and egfr.value < float(thresholds["egfr_severe_below"]):
+        findings.append(
+            Finding(
+                "organ-function.renal",
+                order.resource_id,
+                {"value": result_value(egfr), "date": egfr.local_date.isoformat()},
+                (result_evidence(egfr),),
+            )
+        )
+    bilirubin = latest_usable_any_date(facts.labs.get("bilirubin", ()), ctx.now)
+    limit = float(thresholds["hepatic_impairment_bilirubin_uln"])
+    if bilirubin is not None and bilirubin.value is not None and bilirubin.uln:
+        multiple = clean(bilirubin.value / bilirubin.uln)
+        if multiple > limit:
+            findings.append(
+                Finding(
+                    "organ-function.hepatic",
+                    order.resource_id,
+                    {
+                        "value": result_value(bilirubin),
+                        "date": bilirubin.local_date.isoformat(),
+                        "multiple": format_multiple(multiple, limit),
+                        "uln": format_quantity(bilirubin.uln, bilirubin.unit)
+                        + (" (protocol default)" if bilirubin.uln_source == "default" else ""),
+                    },
+                    (result_evidence(bilirubin, f" = {format_multiple(multiple, limit)} x ULN"),),
+                )
+            )
+    return findings
 
 
 def check_infection(
     facts: PatientFacts, order: DraftOrder, protocol: Protocol, ctx: EvaluationContext
 ) -> list[Finding]:
-    return []
+    infections = facts.active_infections
+    if not infections:
+        return []
+    names = [f"{c.display} ({c.code})" for c in infections]
+    shown = ", ".join(names[:2]) + (f" and {len(names) - 2} more" if len(names) > 2 else "")
+    return [
+        Finding(
+            "infection.active",
+            order.resource_id,
+            {"conditions": shown, "all_conditions": "; ".join(names)},
+            tuple(
+                Evidence(
+                    "Active infection",
+                    f"{c.display} ({c.code})",
+                    c.onset.date().isoformat() if c.onset else None,
+                    c.reference,
+                )
+                for c in infections
+            ),
+        )
+    ]

@@ -1,0 +1,258 @@
+"""results.json -> results.md (tables) and chart.png (matplotlib, Agg). `python -m bench.report` re-renders."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+SIZE_ORDER = ("S", "M", "L")
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _cases(results: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(c["target"], c["size"]): c for c in results["cases"]}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    s = results["settings"]
+    by = _cases(results)
+    ratios = results.get("ratios", {})
+    bare_m = by.get(("bare", "M"))
+    lines = [
+        "# Benchmark results: tarlatamab CDS service vs bare Flask app",
+        "",
+        f"- Date: {results['date']} (run took {results.get('wall_seconds', '-')} s); "
+        f"commit {results['git']['commit']}"
+        + (" with uncommitted service changes" if results["git"].get("service_files_modified") else ""),
+        f"- Machine: nproc {m['nproc']}, {m['cpu_model']}, {m['memory_gib']} GiB, Linux {m['kernel']}, "
+        f"Python {m['python']}, " + ", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items()) + f", {m['wrk']}",
+        f"- Settings: gunicorn {s['workers']} sync workers x {s['threads']} thread for both servers; wrk "
+        f"{s['wrk_threads']} thread, {s['connections']} connections, {s['duration_s']} s per case after "
+        f"{s['warmup_requests']} validated warm-up requests; CDS_NOW {s['cds_now']}; store {s['database']}; "
+        f"audit {s['audit']}; JWT {s['jwt']}.",
+        f"- Command: `{results['command'].strip()}`",
+        "",
+        "## Throughput and latency",
+        "",
+        "| server | size | resources | body KiB | req/s | p50 ms | p90 ms | p99 ms | max ms "
+        "| vs bare (same body) | vs bare M | worker CPU ms/req | peak RSS/worker MiB | bad responses "
+        "| wrk CPU % of a core | other load cores |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for size in SIZE_ORDER:
+        req = results["requests"].get(size)
+        if req is None:
+            continue
+        for target in ("bare", "service"):
+            c = by.get((target, size))
+            if c is None:
+                continue
+            same = ratios.get(size) if target == "service" else 1.0
+            vs_m = c["rps"] / bare_m["rps"] if bare_m else None
+            bad = c["bad"] + c.get("warmup", {}).get("bad", 0)
+            lines.append(
+                f"| {target} | {size} | {req['resources']} | {req['bytes'] / 1024:.1f} | {c['rps']:,.0f} "
+                f"| {c['p50_ms']:.2f} | {c['p90_ms']:.2f} | {c['p99_ms']:.2f} | {c['max_ms']:.1f} "
+                f"| {_fmt(same, 2)} | {_fmt(vs_m, 2)} | {c['worker_cpu_ms_per_request']:.2f} "
+                f"| {c['peak_rss_mib']:.1f} | {bad} | {c['generator_cpu_pct_of_core']:.0f} "
+                f"| {_fmt(c.get('other_cpu_cores'), 2)} |"
+            )
+    lines += ["", "## Targets", "", "| target | measured | limit | pass |", "|---|---:|---|---|"]
+    for t in results.get("targets", []):
+        lines.append(f"| {t['name']} | {_fmt(t['value'], 3)} | {t['limit']} | {_fmt(t['pass'])} |")
+
+    per = results.get("per_resource", {})
+    if per:
+        lines += [
+            "",
+            "## Cost per resource (service)",
+            "",
+            "Worker CPU per request (user + system time of both gunicorn workers during the measured phase, "
+            "divided by the requests served) against the number of FHIR resources in the request.",
+            "",
+            "| size | resources | worker CPU ms/req | CPU ms per resource | p50 ms per resource |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for size in SIZE_ORDER:
+            if size in per:
+                p = per[size]
+                lines.append(
+                    f"| {size} | {p['resources']} | {p['cpu_ms_per_request']:.2f} | {p['cpu_ms_per_resource']:.4f} "
+                    f"| {p['p50_ms_per_resource']:.4f} |"
+                )
+        marginal = results.get("marginal_cpu_ms_per_resource", {})
+        if marginal:
+            lines += [
+                "",
+                "Marginal cost (extra CPU ms per extra resource): "
+                + ", ".join(f"{k}: {v:.4f} ms" for k, v in marginal.items()),
+            ]
+
+    memory = (by.get(("service", "M")) or {}).get("memory_check")
+    if memory:
+        lines += [
+            "",
+            f"## Memory check (service, M body): RSS after {memory['requests_first']} vs "
+            f"{memory['requests_last']:,} requests",
+            "",
+            "| worker pid | RSS after first MiB | RSS after last MiB | peak RSS MiB | growth % |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for w in memory["workers"]:
+            lines.append(
+                f"| {w['pid']} | {w['rss_after_first_kib'] / 1024:.1f} | {w['rss_after_last_kib'] / 1024:.1f} "
+                f"| {w['peak_rss_kib'] / 1024:.1f} | {w['growth_pct']:+.1f} |"
+            )
+    cards = [
+        f"{size}: {c['warmup']['cards']} card(s) {', '.join(c['warmup']['topics']) or ''}".rstrip()
+        for size in SIZE_ORDER
+        if (c := by.get(("service", size))) is not None
+    ]
+    if cards:
+        lines += ["", "Service responses during the run (cards per response): " + "; ".join(cards) + "."]
+    reg = results.get("regression")
+    if reg:
+        lines += [
+            "",
+            f"Compared with the previous results ({reg['baseline_date']}, commit {reg['baseline_commit']}): "
+            f"M ratio to bare {reg['baseline_m_ratio']} -> {ratios.get('M')} ({reg['m_ratio_change_pct']:+.1f} %), "
+            f"M req/s change {_fmt(reg['m_rps_change_pct'])} %.",
+        ]
+    lines += [
+        "",
+        "Notes: the load generator (wrk) runs on the same cores as the servers; its CPU use is in the column "
+        "`wrk CPU`. `other load` is the CPU the rest of the machine used during the measured phase (other "
+        "processes, kernel, gunicorn master), in cores: above ~0.2 the case was disturbed. `bad responses` "
+        "counts every response (warm-up and measured) that was not HTTP 200 with a `cards` array. "
+        "The chart is chart.png; the raw numbers are results.json.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, Any], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: matplotlib is not installed (pip install -e '.[bench]'): no chart", file=sys.stderr)
+        return None
+    by = _cases(results)
+    sizes = [s for s in SIZE_ORDER if s in results["requests"]]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    x = list(range(len(sizes)))
+    width = 0.38
+
+    ax = axes[0][0]
+    for offset, target, color in ((-width / 2, "bare", "#9aa5b1"), (width / 2, "service", "#1f6feb")):
+        values = [by[(target, s)]["rps"] if (target, s) in by else 0 for s in sizes]
+        bars = ax.bar([i + offset for i in x], values, width, label=f"{target}", color=color)
+        if target == "service":
+            for bar, s in zip(bars, sizes, strict=True):
+                ratio = results.get("ratios", {}).get(s)
+                if ratio is not None:
+                    ax.annotate(f"{ratio:.0%}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                                ha="center", va="bottom", fontsize=9)  # fmt: skip
+    ax.set_xticks(x, [f"{s} ({results['requests'][s]['resources']} res.)" for s in sizes])
+    ax.set_ylabel("requests / s")
+    ax.set_title("Throughput (8 connections, 2 workers); % = service / bare")
+    ax.legend()
+
+    ax = axes[0][1]
+    for offset, key, color in ((-width / 2, "p50_ms", "#79c0ff"), (width / 2, "p99_ms", "#1f6feb")):
+        values = [by[("service", s)][key] if ("service", s) in by else 0 for s in sizes]
+        ax.bar([i + offset for i in x], values, width, label=f"service {key[:3]}", color=color)
+    bare_p99 = [by[("bare", s)]["p99_ms"] if ("bare", s) in by else None for s in sizes]
+    ax.plot(x, bare_p99, "o", color="#57606a", label="bare p99")
+    limits = {"M": 25.0, "L": 100.0}
+    for i, s in enumerate(sizes):
+        if s in limits:
+            ax.hlines(limits[s], i - 0.45, i + 0.45, colors="#cf222e", linestyles="dashed")
+            ax.annotate(f"target p99 {limits[s]:g} ms", (i, limits[s]), ha="center", va="bottom", fontsize=8,
+                        color="#cf222e")  # fmt: skip
+    ax.set_xticks(x, sizes)
+    ax.set_yscale("log")
+    ax.set_ylabel("latency ms (log)")
+    ax.set_title("Service latency")
+    ax.legend(fontsize=8)
+
+    ax = axes[1][0]
+    per = results.get("per_resource", {})
+    pts = [(per[s]["resources"], per[s]["cpu_ms_per_request"], s) for s in sizes if s in per]
+    if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color="#1f6feb", label="service worker CPU ms/req")
+        for n, ms, s in pts:
+            ax.annotate(f"{s}: {ms:.1f} ms", (n, ms), textcoords="offset points", xytext=(5, -12), fontsize=9)
+        bare = [(results["requests"][s]["resources"], by[("bare", s)]["worker_cpu_ms_per_request"])
+                for s in sizes if ("bare", s) in by]  # fmt: skip
+        ax.plot([b[0] for b in bare], [b[1] for b in bare], "s--", color="#9aa5b1", label="bare worker CPU ms/req")
+        if "M" in per:
+            slope = per["M"]["cpu_ms_per_request"] / per["M"]["resources"]
+            top = max(p[0] for p in pts)
+            ax.plot([0, top], [0, slope * top], ":", color="#cf222e", label="linear through 0 and M")
+    ax.set_xlabel("FHIR resources in the request")
+    ax.set_ylabel("CPU ms per request")
+    ax.set_title("Cost per request vs request size")
+    ax.legend(fontsize=8)
+
+    ax = axes[1][1]
+    for offset, target, color in ((-width / 2, "bare", "#9aa5b1"), (width / 2, "service", "#1f6feb")):
+        values = [by[(target, s)]["peak_rss_mib"] if (target, s) in by else 0 for s in sizes]
+        ax.bar([i + offset for i in x], values, width, label=f"{target} peak RSS / worker", color=color)
+    labels = list(sizes)
+    memory = (by.get(("service", "M")) or {}).get("memory_check")
+    if memory:
+        i = len(sizes)
+        first = max(w["rss_after_first_kib"] for w in memory["workers"]) / 1024
+        last = max(w["rss_after_last_kib"] for w in memory["workers"]) / 1024
+        ax.bar([i - width / 2], [first], width, color="#79c0ff", label=f"RSS after {memory['requests_first']}")
+        ax.bar([i + width / 2], [last], width, color="#0a3069", label=f"RSS after {memory['requests_last']:,}")
+        labels.append("M leak check")
+    ax.set_xticks(list(range(len(labels))), labels)
+    ax.set_ylabel("MiB")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.4)
+    ax.set_title("Memory per worker")
+    ax.legend(fontsize=8)
+
+    m = results["machine"]
+    fig.suptitle(
+        f"tarlatamab CDS service vs bare Flask - {results['date']} - nproc {m['nproc']} {m['cpu_model']} - "
+        f"Python {m['python']} - commit {results['git']['commit']}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Re-render results.md and chart.png from results.json")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = parser.parse_args(argv)
+    results = orjson.loads((args.out / "results.json").read_bytes())
+    (args.out / "results.md").write_text(markdown(results))
+    chart(results, args.out / "chart.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
