@@ -48,6 +48,18 @@ def markdown(results: dict[str, Any]) -> str:
         f"audit {s['audit']}; JWT {s['jwt']}.",
         f"- Command: `{results['command'].strip()}`",
         "",
+    ]
+    disturbed = results.get("disturbed_cases") or []
+    if disturbed:
+        worst = max(d["other_cpu_cores"] for d in disturbed)
+        lines += [
+            f"**Warning: the machine was busy with other work during {len(disturbed)} of {len(results['cases'])} "
+            f"cases (up to {worst:.2f} of {m['nproc']} cores, column `other load`).** Absolute numbers are lower and "
+            "latencies higher than on a quiet machine, and the ratios are approximate; re-run on a quiet machine "
+            "before judging the targets.",
+            "",
+        ]
+    lines += [
         "## Throughput and latency",
         "",
         "| server | size | resources | body KiB | req/s | p50 ms | p90 ms | p99 ms | max ms "
@@ -65,7 +77,7 @@ def markdown(results: dict[str, Any]) -> str:
                 continue
             same = ratios.get(size) if target == "service" else 1.0
             vs_m = c["rps"] / bare_m["rps"] if bare_m else None
-            bad = c["bad"] + c.get("warmup", {}).get("bad", 0)
+            bad = c["bad"] + c.get("warmup", {}).get("bad", 0) + sum(c.get("socket_errors", {}).values())
             lines.append(
                 f"| {target} | {size} | {req['resources']} | {req['bytes'] / 1024:.1f} | {c['rps']:,.0f} "
                 f"| {c['p50_ms']:.2f} | {c['p90_ms']:.2f} | {c['p99_ms']:.2f} | {c['max_ms']:.1f} "
@@ -76,6 +88,15 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["", "## Targets", "", "| target | measured | limit | pass |", "|---|---:|---|---|"]
     for t in results.get("targets", []):
         lines.append(f"| {t['name']} | {_fmt(t['value'], 3)} | {t['limit']} | {_fmt(t['pass'])} |")
+    cpu_ratios = results.get("cpu_ratios") or {}
+    if cpu_ratios:
+        lines += [
+            "",
+            "Service / bare from CPU cost (bare worker CPU ms/req divided by service worker CPU ms/req; the throughput "
+            "ratio both would reach when CPU-bound on the same cores, and much less sensitive to other load): "
+            + ", ".join(f"{size} {value:.2f}" for size, value in cpu_ratios.items())
+            + ".",
+        ]
 
     per = results.get("per_resource", {})
     if per:
@@ -126,6 +147,16 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     if cards:
         lines += ["", "Service responses during the run (cards per response): " + "; ".join(cards) + "."]
+    log_problems = [
+        f"{c['target']} {c['size']}: {c['server_log_problems']}"
+        for c in results["cases"]
+        if c.get("server_log_problems")
+    ]
+    if log_problems:
+        lines += [
+            "",
+            "Server log lines reporting errors (ERROR, CRITICAL, Traceback): " + "; ".join(log_problems) + ".",
+        ]
     reg = results.get("regression")
     if reg:
         lines += [
@@ -139,7 +170,8 @@ def markdown(results: dict[str, Any]) -> str:
         "Notes: the load generator (wrk) runs on the same cores as the servers; its CPU use is in the column "
         "`wrk CPU`. `other load` is the CPU the rest of the machine used during the measured phase (other "
         "processes, kernel, gunicorn master), in cores: above ~0.2 the case was disturbed. `bad responses` "
-        "counts every response (warm-up and measured) that was not HTTP 200 with a `cards` array. "
+        "counts every request (warm-up and measured) not answered with HTTP 200 and a `cards` array, socket "
+        "errors and timeouts included. "
         "The chart is chart.png; the raw numbers are results.json.",
         "",
     ]
@@ -233,11 +265,17 @@ def chart(results: dict[str, Any], path: Path) -> Path | None:
     ax.legend(fontsize=8)
 
     m = results["machine"]
-    fig.suptitle(
+    title = (
         f"tarlatamab CDS service vs bare Flask - {results['date']} - nproc {m['nproc']} {m['cpu_model']} - "
-        f"Python {m['python']} - commit {results['git']['commit']}",
-        fontsize=10,
+        f"Python {m['python']} - commit {results['git']['commit']}"
     )
+    disturbed = results.get("disturbed_cases") or []
+    if disturbed:
+        worst = max(d["other_cpu_cores"] for d in disturbed)
+        title += (
+            f"\nmachine busy with other work in {len(disturbed)} cases (up to {worst:.1f} cores): numbers disturbed"
+        )
+    fig.suptitle(title, fontsize=10, color="#cf222e" if disturbed else "black")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -103,6 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
             # Never log the Authorization header or query strings: the access log shows method, path, status, time.
             self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms')
             self.cfg.set("forwarded_allow_ips", os.environ.get("CDS_FORWARDED_ALLOW_IPS", "127.0.0.1"))
+            self.cfg.set("worker_exit", _flush_audit_on_exit)
 
         def load(self) -> Any:
             return create_app(settings)
@@ -110,6 +111,14 @@ def _serve(args: argparse.Namespace) -> int:
     _configure_logging(settings.log_level)
     _Server().run()
     return 0
+
+
+def _flush_audit_on_exit(_server: Any, worker: Any) -> None:
+    """Gunicorn hook: write the audit entries still queued before a worker process ends."""
+    app = getattr(worker, "wsgi", None)
+    writer = app.extensions.get("cds_audit_writer") if app is not None and hasattr(app, "extensions") else None
+    if writer is not None:
+        writer.close()
 
 
 def _configure_logging(level: str) -> None:

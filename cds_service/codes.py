@@ -12,7 +12,10 @@ def codings(concept: Any) -> Iterator[tuple[str, str, str]]:
     """(system, code, display) of every well-formed coding of a CodeableConcept dict."""
     if not isinstance(concept, dict):
         return
-    for coding in concept.get("coding") or ():
+    items = concept.get("coding")
+    if not isinstance(items, list):
+        return
+    for coding in items:
         if isinstance(coding, dict):
             system, code = coding.get("system"), coding.get("code")
             display = coding.get("display")

@@ -82,6 +82,15 @@ class Administration:
     dose: Dose
     position: SchedulePosition | None = None  # filled in by the schedule reconstruction
     restart_reason: str | None = None  # "delay" or "crs-grade3" when this dose is R1
+    # A dose drafted earlier in the same request (orders signed together), taken as given when judging
+    # the later orders; `resource_id` is then the draft MedicationRequest's id.
+    planned_in_request: bool = False
+
+    @property
+    def reference(self) -> str:
+        if self.planned_in_request:
+            return f"MedicationRequest/{self.resource_id}"
+        return f"MedicationAdministration/{self.resource_id}"
 
 
 @dataclass(frozen=True)

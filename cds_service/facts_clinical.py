@@ -40,7 +40,6 @@ IGNORED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
 PREGNANCY_KEYS = ("pregnancy_status", "hcg_qualitative", "hcg_quantitative")
 BREASTFEEDING_KEY = "breastfeeding"
 # The local grade codes record grades 0-4 (spec section 10): the code system's range, not a threshold.
-MAX_RECORDED_GRADE = 4
 # At most this many newest results of one analyte are validated / reported as unusable (keeps requests fast
 # and data-quality cards readable); the rules read the newest usable result.
 READ_DEPTH = 10
@@ -396,7 +395,7 @@ def _grade_point(
         low, high = int(toxicity["ice_score_min"]), int(toxicity["ice_score_max"])
         grade = ice_to_grade(value, protocol) if value is not None and low <= value <= high else None
     else:
-        low, high = 0, MAX_RECORDED_GRADE
+        low, high = 0, int(protocol.section("toxicity")["recorded_grade_max"])
         grade = value if value is not None and low <= value <= high else None
     if grade is None:
         quantity = obs.get("valueQuantity")
@@ -857,8 +856,9 @@ def _pregnancy_evidence(
     for view in views:
         if view.system != snomed or view.code not in pregnancy_codes:
             continue
-        if view.active and view.onset is not None:
-            evidence.append(PregnancyEvidence("pregnant", view.onset, view.reference, f"condition: {view.display}"))
+        if view.active:  # an active pregnancy without a date is taken as current
+            onset = view.onset or now
+            evidence.append(PregnancyEvidence("pregnant", onset, view.reference, f"condition: {view.display}"))
         elif view.resolved_at is not None:
             evidence.append(
                 PregnancyEvidence("not-pregnant", view.resolved_at, view.reference, f"condition ended: {view.display}")

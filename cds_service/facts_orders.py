@@ -30,7 +30,6 @@ from .protocol import Protocol
 from .rules.schedule import assign_positions
 
 _DATE_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
-_VOLUME_UNIT_TO_ML_FALLBACK = {"mL": 1, "ml": 1, "L": 1000, "l": 1000}  # until protocol has the key
 _INACTIVE_REQUEST = frozenset({"cancelled", "entered-in-error", "stopped", "completed", "revoked"})
 _NOT_GIVEN = frozenset({"not-done", "entered-in-error", "not-taken"})
 
@@ -242,7 +241,7 @@ def read_administration(resource: dict[str, Any], protocol: Protocol) -> tuple[A
     """A given tarlatamab dose (None when its date cannot be read), with the problems found in it."""
     issues: list[DataIssue] = []
     problem = first_problem(resource)
-    if False:
+    if problem is not None:
         element, message = problem
         issues.append(_administration_issue(resource, f"The administration is not valid FHIR: {message}.", element))
     period = resource.get("effectivePeriod")
@@ -374,7 +373,7 @@ def read_companion(resource: dict[str, Any], protocol: Protocol, *, in_request: 
     if kind == "dexamethasone":
         dose_mg, raw, unit, problem = convert_quantity(quantity, protocol.section("doses")["unit_to_mg"])
     else:
-        table = protocol.section("premedication").get("volume_unit_to_ml") or _VOLUME_UNIT_TO_ML_FALLBACK
+        table = protocol.section("premedication")["volume_unit_to_ml"]
         volume_ml, raw, unit, problem = convert_quantity(quantity, table)
     if "doseRange" in entry:
         display = "a dose range"

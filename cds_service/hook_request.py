@@ -60,9 +60,7 @@ def parse_hook_request(body: Any, service: ServiceDef, settings: Settings) -> Ho
     hook = _require_string(body, "hook", "hook")
     hook_instance = _require_string(body, "hookInstance", "hookInstance")
     if hook != service.hook:
-        raise bad_request(
-            f"Service {service.id} answers the {service.hook} hook, not {hook}", "hook", code="not-supported"
-        )
+        raise bad_request(f"Service {service.id} answers only the {service.hook} hook", "hook", code="not-supported")
     context = body.get("context")
     if context is None:
         raise bad_request("Missing required field context", "context", code="required")

@@ -44,6 +44,12 @@ class Settings:
     log_level: str = "INFO"
     audit_enabled: bool = True
 
+    def __post_init__(self) -> None:
+        for name in ("data_dir", "protocol_file", "cards_dir", "trusted_issuers_file"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, Path(value))
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         env = os.environ if environ is None else environ

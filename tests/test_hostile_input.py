@@ -93,7 +93,9 @@ def test_every_element_replaced_by_a_wrong_type_is_never_a_5xx(client: Any, hook
     url, body = bases()[hook]
     seen: dict[int, int] = {}
     failures: list[str] = []
-    for path in list(paths(body)):
+    # Every element once: inside arrays only the first item (the others have the same shape).
+    targets = [p for p in paths(body) if not any(isinstance(step, int) and step > 0 for step in p)]
+    for path in targets:
         for value in [*WRONG_VALUES, DELETE]:
             response = client.post(url, json=replaced(body, path, value, delete=value is DELETE))
             seen[response.status_code] = seen.get(response.status_code, 0) + 1

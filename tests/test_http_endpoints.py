@@ -132,6 +132,11 @@ def test_fhir_json_content_type_is_accepted(client: Any) -> None:
     assert response.status_code == 200
 
 
+def test_utf8_byte_order_mark_is_accepted(client: Any) -> None:
+    response = post(client, SIGN, b"\xef\xbb\xbf" + orjson.dumps(request_for()))
+    assert response.status_code == 200
+
+
 def test_no_tarlatamab_in_draft_orders_is_empty_cards(client: Any) -> None:
     body = request_for(drafts=[fb.dexamethasone_order(PLANNED)], omit=PREFETCH_KEYS)  # no data needed
     response = post(client, SIGN, body)

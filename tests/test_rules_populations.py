@@ -188,7 +188,9 @@ def test_lactation(protocol: Protocol, observations: list[dict], expected: list[
 )
 def test_age(protocol: Protocol, birth_date: str | None, expected_age: int | None) -> None:
     findings = run(populations.check_age, protocol, birth_date=birth_date)
-    assert [f.values["age"] for f in findings] == ([expected_age] if expected_age is not None else [])
+    assert [(f.rule_id, f.values["age"]) for f in findings] == (
+        [("eligibility.age", expected_age)] if expected_age is not None else []
+    )
 
 
 @pytest.mark.parametrize("birth_date", [None, "2010"])
@@ -221,6 +223,7 @@ def test_indication(
         assert findings == []
     else:
         (finding,) = findings
+        assert finding.rule_id == "eligibility.indication"
         assert str(finding.values["missing"]).startswith(missing)
 
 
@@ -286,4 +289,6 @@ def test_hepatic_values(protocol: Protocol) -> None:
 )  # fmt: skip
 def test_infection(protocol: Protocol, conditions: list[dict], expected: str | None) -> None:
     findings = run(populations.check_infection, protocol, conditions=conditions)
-    assert [f.values["conditions"] for f in findings] == ([expected] if expected else [])
+    assert [(f.rule_id, f.values["conditions"]) for f in findings] == (
+        [("infection.active", expected)] if expected else []
+    )

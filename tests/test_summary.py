@@ -104,3 +104,32 @@ def test_unavailable_history_is_a_warning_not_silence(client: Any) -> None:
     card = _summary(client, body)
     assert card["indicator"] == "warning"
     assert "unavailable" in card["summary"]
+
+
+def test_summary_rule_unit_gives_one_finding_with_the_next_dose(protocol: Any) -> None:
+    from dataclasses import replace
+
+    from conftest import NOW
+
+    from cds_service.patient_facts import build_facts
+    from cds_service.rules import EvaluationContext
+    from cds_service.rules.summary import patient_summary
+
+    given = [administration("2026-11-14T14:00:00Z", 1)]
+    facts = build_facts(
+        patient_id="p",
+        hook="patient-view",
+        resources={"administrations": given, "observations": normal_labs("2026-11-20T07:00:00Z")},
+        draft_entries=(),
+        selections=(),
+        protocol=protocol,
+        now=NOW,
+    )
+    ctx = EvaluationContext(hook="patient-view", now=NOW)
+    [finding] = patient_summary(facts, protocol, ctx)
+    assert finding.rule_id == "summary.patient-view"
+    assert finding.values["position"] == "C1D8"
+    assert finding.values["expected_mg"] == 10
+    assert finding.values["next_date"] == "2026-11-21"
+    assert finding.indicator == "info"
+    assert patient_summary(replace(facts, administrations=()), protocol, ctx) == []

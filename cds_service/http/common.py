@@ -45,6 +45,8 @@ def read_json_body(request: Request) -> Any:
     raw = request.get_data(cache=False)
     if len(raw) > limit:
         raise ServiceError.single(413, f"The request body is larger than {limit} bytes", code="too-costly")
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark, as some Windows clients send
+        raw = raw[3:]
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -15,12 +15,17 @@ def _evidence(issue: DataIssue) -> Evidence:
 
 def check_data_quality(facts: PatientFacts, protocol: Protocol, ctx: EvaluationContext) -> list[Finding]:
     findings: list[Finding] = []
-    if "administrations" in facts.unavailable:
+    history_issues = [i for i in facts.issues if i.dataset == "administrations"]
+    unreliable = [i for i in history_issues if i.affects == "schedule position"]
+    if "administrations" in facts.unavailable or unreliable:
         findings.append(
             Finding(
                 rule_id="data-quality.dose-history",
-                values={"count": len(facts.draft_orders)},
-                evidence=tuple(_evidence(i) for i in facts.issues if i.dataset == "administrations"),
+                values={
+                    "variant": "unavailable" if "administrations" in facts.unavailable else "unreliable",
+                    "count": len(unreliable),
+                },
+                evidence=tuple(_evidence(i) for i in history_issues),
             )
         )
     for kind, rule_id in (("unavailable", "data-quality.unavailable"), ("unusable", "data-quality.unusable")):

@@ -44,7 +44,7 @@ def last_dose_evidence(last: Administration | None) -> tuple[Evidence, ...]:
             "Last tarlatamab dose",
             f"{last.dose.display}, {position}",
             last.local_date.isoformat(),
-            f"MedicationAdministration/{last.resource_id}",
+            last.reference,
         ),
     )
 

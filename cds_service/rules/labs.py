@@ -132,7 +132,12 @@ def check_required_labs(
     start = window_start(order, protocol)
     findings: list[Finding] = []
     required = [a for analytes in labs["required"].values() for a in analytes]
-    panels = [f"{p}_panel" for p in _panels_missing(facts, start, ctx.now, protocol) if f"{p}_panel" in orderables]
+    panel_orderables = protocol.section("labs")["panel_orderables"]
+    panels = [
+        panel_orderables[p]
+        for p in _panels_missing(facts, start, ctx.now, protocol)
+        if panel_orderables.get(p) in orderables
+    ]
     finding = _missing_finding("labs.missing", required, panels, facts, order, protocol, ctx)
     if finding is not None:
         findings.append(finding)

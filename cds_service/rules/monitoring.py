@@ -88,7 +88,7 @@ def _order_evidence(order: DraftOrder, expected: ExpectedDose | None) -> list[Ev
                 "Last tarlatamab dose",
                 last.position.display if last.position else "position unknown",
                 last.local_date.isoformat(),
-                f"MedicationAdministration/{last.resource_id}",
+                last.reference,
             )
         )
     return out

@@ -20,7 +20,6 @@ from . import EvaluationContext, schedule
 from .labs import latest_usable_any_date, result_evidence, result_value
 
 # The first dose of treatment: contraception advice is given there (spec section 9, "every C1D1").
-FIRST_DOSE = "C1D1"
 _GENDERS_THAT_CANNOT_BE_EXCLUDED = (None, "unknown", "other")
 
 
@@ -97,7 +96,7 @@ def check_pregnancy(
                 (SuggestionSpec("create-lab", order.resource_id, {"orderable": "hcg"}),),
             )
         )
-    if names is not None and FIRST_DOSE in names and not pregnant:
+    if names is not None and names & set(protocol.section("populations")["contraception_positions"]) and not pregnant:
         findings.append(Finding("pregnancy.contraception", order.resource_id))
     return findings
 

@@ -106,7 +106,7 @@ def patient_summary(facts: PatientFacts, protocol: Protocol, ctx: EvaluationCont
                     "Last tarlatamab dose",
                     f"{last.dose.display}, {last.position.display if last.position else 'position unknown'}",
                     last.local_date.isoformat(),
-                    f"MedicationAdministration/{last.resource_id}",
+                    last.reference,
                 ),
                 Evidence("Doses given", str(len(facts.administrations))),
             ),
