@@ -163,7 +163,9 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             f"Compared with the previous results ({reg['baseline_date']}, commit {reg['baseline_commit']}): "
             f"M ratio to bare {reg['baseline_m_ratio']} -> {ratios.get('M')} ({reg['m_ratio_change_pct']:+.1f} %), "
-            f"M req/s change {_fmt(reg['m_rps_change_pct'])} %.",
+            "M req/s change "
+            + (f"{reg['m_rps_change_pct']:+.1f} %" if reg["m_rps_change_pct"] is not None else "-")
+            + " (raw req/s depends on the machine's load; the ratio is the comparable number).",
         ]
     lines += [
         "",

@@ -122,9 +122,11 @@ class CardRenderer:
                 raise CardTextError(f"no card wording for variant {variant!r} of {finding.rule_id}") from exc
         values = {"p": self.protocol.data, **finding.values}
         for name, related in finding.related:
-            values[name] = "; ".join(self.summary_of(f, hook) for f in related) or text.get("empty", {}).get(
-                name, "none"
-            )
+            lines = [self.summary_of(f, hook) for f in related]
+            empty = text.get("empty", {}).get(name, "none")
+            values[name] = "; ".join(lines) or empty
+            values[f"{name}_list"] = "\n".join(f"- {line}" for line in lines) or empty
+            values[f"{name}_count"] = len(lines)
         summary = fill(text["summary"], values)
         if len(summary) > SUMMARY_MAX:
             summary = summary[: SUMMARY_MAX - 1].rstrip() + "…"
@@ -186,8 +188,8 @@ class CardRenderer:
     def _detail(self, text: dict[str, Any], values: dict[str, Any], finding: Finding, rule: Any) -> str:
         common = self.texts.common
         parts = [fill(text["detail"], values)]
-        evidence = list(
-            dict.fromkeys([*finding.evidence, *(e for _, fs in finding.related for f in fs for e in f.evidence)])
+        evidence = _distinct_evidence(
+            [*finding.evidence, *(e for _, fs in finding.related for f in fs for e in f.evidence)]
         )
         if evidence:
             lines = [common["evidence_heading"]]
@@ -209,3 +211,16 @@ class CardRenderer:
             )
         )
         return "\n\n".join(parts)
+
+
+def _distinct_evidence(items: list[Any]) -> list[Any]:
+    """Evidence without repeats: the first mention of a resource wins (summaries gather many findings)."""
+    seen: set[object] = set()
+    out = []
+    for ev in items:
+        key = ev.reference or ev
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(ev)
+    return out

@@ -87,10 +87,27 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .app import create_app
 
-    # Check the configuration once in the parent, so that a bad protocol file fails here, loudly.
+    # Check the configuration once in the parent, so that a bad protocol, card or issuers file fails here,
+    # loudly, rather than in every worker.
     from .engine import Engine
 
     Engine(settings)
+    if settings.trusted_issuers_file is not None:
+        from .jwt_auth import JwtClientAuth
+        from .store import Store
+
+        store = Store(settings.effective_database_url)
+        try:
+            JwtClientAuth.from_settings(settings, store)
+        finally:
+            store.dispose()
+        if settings.public_base_url is None:
+            warning = (
+                "CDS_PUBLIC_BASE_URL is not set: the JWT audience is checked against the Host header of each "
+                "request; set it to the URL the EHRs call"
+            )
+            print(f"cds-service: warning: {warning}", file=sys.stderr)
+            log.warning(warning)
 
     class _Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import requests
 
 from .cards import CardRenderer, check_templates, load_card_texts
+from .client_auth import fhir_server_allowed
 from .codes import is_medication
 from .data_gathering import GatheredData, gather
 from .errors import ServiceError
@@ -163,7 +164,7 @@ class Engine:
     def _fhir_client(self, request: HookRequest, allowed: Collection[str] | None) -> FhirClient | None:
         if request.fhir_server is None:
             return None
-        if allowed is not None and request.fhir_server not in allowed:
+        if allowed is not None and not fhir_server_allowed(request.fhir_server, allowed):
             if all(key in request.prefetch for key in PREFETCH_KEYS):
                 return None  # everything was prefetched: the unlisted server is simply never contacted
             raise ServiceError.single(

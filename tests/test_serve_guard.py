@@ -87,3 +87,24 @@ def test_real_process_refuses_and_binds_nothing(tmp_path: Path) -> None:
     with socket.socket() as probe:  # nothing listens on the port
         probe.settimeout(0.5)
         assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_broken_issuers_file_fails_at_start_not_in_the_workers(
+    started: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    issuers = tmp_path / "issuers.json"
+    issuers.write_text('{"issuers": [{"iss": "https://ehr.example", "jwks": {"keys": []}, "typo": 1}]}')
+    monkeypatch.setenv("CDS_TRUSTED_ISSUERS_FILE", str(issuers))
+    assert cli.main(["serve", "--host", "0.0.0.0", "--port", "18080", "--workers", "1"]) == 2
+    assert started == []
+    assert "cds-service:" in capsys.readouterr().err
+
+
+def test_trusted_mode_without_public_base_url_warns(
+    started: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = new_key("ES384")
+    monkeypatch.setenv("CDS_TRUSTED_ISSUERS_FILE", str(write_issuers(tmp_path / "issuers.json", issuer_entry([key]))))
+    assert cli.main(["serve", "--host", "0.0.0.0", "--port", "18080", "--workers", "1"]) == 0
+    assert started == ["0.0.0.0:18080"]
+    assert "CDS_PUBLIC_BASE_URL is not set" in capsys.readouterr().err

@@ -92,7 +92,8 @@ def test_hold_or_discontinuation_makes_the_summary_critical(
     )
     assert card["indicator"] == "critical"
     assert variant_text in card["summary"]
-    assert "CRS" in card["summary"]
+    assert "CRS" in card["detail"]
+    assert "reason(s)" in card["summary"]
 
 
 def test_unavailable_history_is_a_warning_not_silence(client: Any) -> None:

@@ -6,6 +6,7 @@ hold an order for that dose would meet at order-sign.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 from ..facts import Dose, DraftOrder, PatientFacts
@@ -68,13 +69,15 @@ def patient_summary(facts: PatientFacts, protocol: Protocol, ctx: EvaluationCont
     )
     plan_ctx = EvaluationContext(hook="patient-view", now=ctx.now)
     holds = tuple(
-        f
+        _without_pseudo_order(f)
         for rule in HOLD_RULES
         for f in rule(facts, next_dose, protocol, plan_ctx)
         if (f.indicator or protocol.rule(f.rule_id).indicator) == "critical"
     )
-    monitoring_findings = tuple(monitoring.check_monitoring(facts, next_dose, protocol, plan_ctx))
-    labs_due = tuple(labs.check_required_labs(facts, next_dose, protocol, plan_ctx))
+    monitoring_findings = tuple(
+        _without_pseudo_order(f) for f in monitoring.check_monitoring(facts, next_dose, protocol, plan_ctx)
+    )
+    labs_due = tuple(_without_pseudo_order(f) for f in labs.check_required_labs(facts, next_dose, protocol, plan_ctx))
 
     if any(f.rule_id in DISCONTINUE_RULES for f in holds):
         variant = "discontinued"
@@ -118,3 +121,13 @@ def patient_summary(facts: PatientFacts, protocol: Protocol, ctx: EvaluationCont
             ),
         )
     ]
+
+
+def _without_pseudo_order(finding: Finding) -> Finding:
+    """The next dose is not an order yet: drop evidence pointing at it and suggestions acting on it."""
+    pseudo = f"MedicationRequest/{NEXT_DOSE_ID}"
+    return replace(
+        finding,
+        evidence=tuple(e for e in finding.evidence if e.reference != pseudo),
+        suggestions=(),
+    )
