@@ -71,11 +71,12 @@ def markdown(results: dict[str, Any]) -> str:
         req = results["requests"].get(size)
         if req is None:
             continue
-        for target in ("bare", "service"):
+        for target in ("bare", "service", "service-cold"):
             c = by.get((target, size))
             if c is None:
                 continue
-            same = ratios.get(size) if target == "service" else 1.0
+            bare = by.get(("bare", size))
+            same = (c["rps"] / bare["rps"] if bare else None) if target != "bare" else 1.0
             vs_m = c["rps"] / bare_m["rps"] if bare_m else None
             bad = c["bad"] + c.get("warmup", {}).get("bad", 0) + sum(c.get("socket_errors", {}).values())
             lines.append(

@@ -315,7 +315,10 @@ def server_for(target: str, opts: Options, tmp: Path, size: str) -> Server:
             "-b", f"127.0.0.1:{port}", "bench.bare_app:app",
         ]  # fmt: skip
     else:
-        data_dir = tmp / f"data-{size}"
+        data_dir = tmp / f"data-{target}-{size}"
+        if target == "service-cold":
+            # Every resource validated on every request, as on a patient's first call (no validation cache).
+            env["CDS_VALIDATION_CACHE_SIZE"] = "0"
         data_dir.mkdir(parents=True, exist_ok=True)
         env["CDS_DATA_DIR"] = str(data_dir)
         env["CDS_NOW"] = NOW
@@ -621,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="results folder")
     parser.add_argument("--baseline", type=Path, help="results.json to compare M with (default: the one in --out)")
     parser.add_argument("--strict", action="store_true", help="exit 3 when a target is missed")
+    parser.add_argument(
+        "--no-cold", action="store_true", help="skip the service runs with the validation cache off (service-cold)"
+    )
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (server and wrk logs)")
     args = parser.parse_args(argv)
 
@@ -657,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
             request_info[size] = {"resources": request.resources, "bytes": len(raw), "description": request.description}
             print(f"request {size}: {request.resources} resources, {len(raw) / 1024:.1f} KiB", flush=True)
         for size in sizes:
-            for target in ("bare", "service"):
+            for target in ("bare", "service", *(() if args.no_cold else ("service-cold",))):
                 cases.append(run_case(target, size, tmp / f"bench-{size}.json", opts, tmp))
     finally:
         if args.keep_tmp:

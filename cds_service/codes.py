@@ -17,12 +17,13 @@ def codings(concept: Any) -> Iterator[tuple[str, str, str]]:
         return
     for coding in items:
         if isinstance(coding, dict):
-            system, code = coding.get("system"), coding.get("code")
+            system = coding.get("system")
+            code = coding.get("code")
             display = coding.get("display")
             yield (
-                system if isinstance(system, str) else "",
-                code if isinstance(code, str) else "",
-                display if isinstance(display, str) else "",
+                system if system.__class__ is str else "",
+                code if code.__class__ is str else "",
+                display if display.__class__ is str else "",
             )
 
 
@@ -60,20 +61,51 @@ def medication_concept(resource: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def is_medication(resource: dict[str, Any], protocol: Protocol, name: str) -> bool:
-    """Whether a medication resource is the concept `name` of protocol `medications` (codes or text)."""
+_NO_NAMES: frozenset[str] = frozenset()
+
+
+def medication_kinds(resource: dict[str, Any], protocol: Protocol) -> frozenset[str]:
+    """The protocol `medications` concepts (tarlatamab, dexamethasone, ...) a medication resource is, in one pass."""
     concept = medication_concept(resource)
     if concept is None:
-        return False
-    rxnorm, ndc, texts = protocol.medication_codes(name)
+        return frozenset()
+    by_code = protocol.medication_code_index
     systems = protocol.data["systems"]
+    names: set[str] = set()
     for system, code, _ in codings(concept):
-        if system == systems["rxnorm"] and code in rxnorm:
-            return True
-        if system == systems["ndc"] and (code in ndc or code.replace("-", "") in ndc):
-            return True
+        names |= by_code.get((system, code), _NO_NAMES)
+        if system == systems["ndc"]:
+            names |= by_code.get((system, code.replace("-", "")), _NO_NAMES)
     text = concept_text(concept)
-    return any(t in text for t in texts)
+    if text:
+        for name, fragments in protocol.medication_text_index:
+            if name not in names and any(fragment in text for fragment in fragments):
+                names.add(name)
+    return frozenset(names)
+
+
+def is_medication(resource: dict[str, Any], protocol: Protocol, name: str) -> bool:
+    """Whether a medication resource is the concept `name` of protocol `medications` (codes or text)."""
+    return name in medication_kinds(resource, protocol)
+
+
+class MedicationIndex:
+    """Medication kinds of the resources of one request, each resource classified once."""
+
+    def __init__(self, protocol: Protocol) -> None:
+        self.protocol = protocol
+        self._kinds: dict[int, tuple[dict[str, Any], frozenset[str]]] = {}
+
+    def kinds(self, resource: dict[str, Any]) -> frozenset[str]:
+        cached = self._kinds.get(id(resource))
+        if cached is not None and cached[0] is resource:
+            return cached[1]
+        found = medication_kinds(resource, self.protocol)
+        self._kinds[id(resource)] = (resource, found)  # holding the resource keeps its id from being reused
+        return found
+
+    def is_(self, resource: dict[str, Any], name: str) -> bool:
+        return name in self.kinds(resource)
 
 
 def reference_id(ref: Any, resource_type: str) -> str | None:

@@ -19,7 +19,7 @@ from .data_gathering import GatheredData, gather
 from .errors import ServiceError
 from .evaluator import evaluate_orders, evaluate_patient_view
 from .fhir_client import FhirClient
-from .fhir_validation import validation_issues, warm_up
+from .fhir_validation import configure_cache, validation_issues, warm_up
 from .hook_request import HookRequest, parse_hook_request
 from .patient_facts import build_facts
 from .protocol import Protocol, load_protocol
@@ -63,6 +63,7 @@ class Engine:
         self.renderer = CardRenderer(self.protocol, texts)
         self.templates = prefetch_templates(self.protocol)
         self._session = requests.Session()
+        configure_cache(settings.validation_cache_size)
         warm_up()
 
     def service(self, service_id: str) -> ServiceDef:

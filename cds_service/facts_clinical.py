@@ -22,6 +22,7 @@ Decisions where the specification is silent (see also the module constants):
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -69,6 +70,11 @@ def parse_fhir_datetime(value: Any) -> tuple[datetime, date] | None:
     """(instant, calendar date as written) of a FHIR date or dateTime; None when absent, partial or invalid."""
     if not isinstance(value, str):
         return None
+    return _parse_fhir_datetime_text(value)
+
+
+@functools.lru_cache(maxsize=16384)  # a record's dates recur on every call for the same patient
+def _parse_fhir_datetime_text(value: str) -> tuple[datetime, date] | None:
     text = value.strip()
     try:
         if _DATE_RE.match(text):
@@ -190,20 +196,21 @@ def _classify_observations(
 ) -> dict[str, list[dict[str, Any]]]:
     """Observations by protocol analyte key (LOINC) or local kind (crs_grade, ice_score, ...)."""
     systems = protocol.section("systems")
-    by_loinc = protocol.analyte_by_loinc
-    local = protocol.local_observation_kinds
+    tables = {systems["loinc"]: protocol.analyte_by_loinc, systems["local"]: protocol.local_observation_kinds}
     out: dict[str, list[dict[str, Any]]] = {}
-    for obs in observations:
+    for obs in observations:  # every Observation of the record passes here: plain dict work only
         if not isinstance(obs, dict) or obs.get("resourceType") != "Observation":
             continue
-        if _status(obs) in IGNORED_STATUSES:
+        concept = obs.get("code")
+        items = concept.get("coding") if isinstance(concept, dict) else None
+        if not isinstance(items, list) or _status(obs) in IGNORED_STATUSES:
             continue
-        for system, code, _ in _codings(obs.get("code")):
-            key = None
-            if system == systems["loinc"]:
-                key = by_loinc.get(code)
-            elif system == systems["local"]:
-                key = local.get(code)
+        for coding in items:
+            if not isinstance(coding, dict):
+                continue
+            system, code = coding.get("system"), coding.get("code")
+            table = tables.get(system) if system.__class__ is str else None
+            key = table.get(code) if table is not None and code.__class__ is str else None
             if key is not None:
                 out.setdefault(key, []).append(obs)
                 break
@@ -299,7 +306,12 @@ def _lab_issue(result: LabResult, element: str) -> DataIssue:
 def _lab_series(
     observations: list[dict[str, Any]], analyte: str, protocol: Protocol, now: datetime, issues: list[DataIssue]
 ) -> tuple[LabResult, ...]:
-    dated: list[tuple[LabResult, dict[str, Any]]] = []
+    """Results of one analyte, newest first, read down to the newest usable, valid result up to now.
+
+    Every rule reads the newest usable result (in a window, or whatever its date), so older results are not
+    converted or validated: a year of weekly labs costs no more than a week's.
+    """
+    dated: list[tuple[tuple[datetime, date], str, dict[str, Any]]] = []
     for obs in observations:
         when = _observation_time(obs)
         if when is None:
@@ -315,13 +327,15 @@ def _lab_series(
                 )
             )
             continue
-        dated.append((_lab_result(obs, analyte, when, protocol), obs))
-    dated.sort(key=lambda pair: (pair[0].effective, pair[0].observation_id), reverse=True)
+        dated.append((when, str(obs.get("id", "?")), obs))
+    dated.sort(key=lambda item: (item[0][0], item[1]), reverse=True)
     results: list[LabResult] = []
     read = reported = 0
-    settled = False  # the newest usable, valid result up to now has been found: older ones are not read
-    for result, obs in dated:
-        if not settled and result.effective <= now and read < READ_DEPTH:
+    for when, _, obs in dated:
+        result = _lab_result(obs, analyte, when, protocol)
+        if result.effective <= now:
+            if read >= READ_DEPTH:
+                break
             read += 1
             element = _problem_element(result, obs)
             if result.problem is None:
@@ -330,8 +344,9 @@ def _lab_series(
                     element, message = invalid
                     result = replace(result, value=None, problem=f"invalid FHIR Observation ({element}: {message})")
             if result.problem is None:
-                settled = True
-            elif reported < ISSUE_DEPTH:
+                results.append(result)
+                break  # the newest usable result: older ones are never read
+            if reported < ISSUE_DEPTH:
                 reported += 1
                 issues.append(_lab_issue(result, element))
         results.append(result)

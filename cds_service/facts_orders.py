@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
-from .codes import is_medication
+from .codes import MedicationIndex
 from .facts import Administration, CompanionOrder, DataIssue, Dose, DraftOrder, ToxicityEpisode
 from .fhir_validation import first_problem
 from .protocol import Protocol
@@ -281,24 +281,27 @@ def read_administration(resource: dict[str, Any], protocol: Protocol) -> tuple[A
     return adm, issues
 
 
-def given_tarlatamab(resources: Iterable[dict[str, Any]], protocol: Protocol) -> list[dict[str, Any]]:
+def given_tarlatamab(resources: Iterable[dict[str, Any]], index: MedicationIndex) -> list[dict[str, Any]]:
     """Tarlatamab MedicationAdministrations whose status counts as a dose given (cheap dict work)."""
-    statuses = set(protocol.data["administration_statuses_given"])
+    statuses = set(index.protocol.data["administration_statuses_given"])
     return [
         r
         for r in resources
         if r.get("resourceType") == "MedicationAdministration"
         and _text(r.get("status")) in statuses
-        and is_medication(r, protocol, "tarlatamab")
+        and index.is_(r, "tarlatamab")
     ]
 
 
 def build_administrations(
-    resources: Iterable[dict[str, Any]], episodes: tuple[ToxicityEpisode, ...], protocol: Protocol
+    resources: Iterable[dict[str, Any]],
+    episodes: tuple[ToxicityEpisode, ...],
+    protocol: Protocol,
+    index: MedicationIndex | None = None,
 ) -> tuple[tuple[Administration, ...], list[DataIssue]]:
     issues: list[DataIssue] = []
     doses: list[Administration] = []
-    for resource in given_tarlatamab(resources, protocol):
+    for resource in given_tarlatamab(resources, index or MedicationIndex(protocol)):
         adm, found = read_administration(resource, protocol)
         issues.extend(found)
         if adm is not None:
@@ -350,18 +353,22 @@ def read_draft_order(
 
 
 # --- companion orders -------------------------------------------------------------------------------------
-def _companion_kind(resource: dict[str, Any], protocol: Protocol) -> Literal["dexamethasone", "sodium_chloride"] | None:
+def _companion_kind(
+    resource: dict[str, Any], index: MedicationIndex
+) -> Literal["dexamethasone", "sodium_chloride"] | None:
     if resource.get("resourceType") != "MedicationRequest":
         return None
-    if is_medication(resource, protocol, "dexamethasone"):
+    kinds = index.kinds(resource)
+    if "dexamethasone" in kinds:
         return "dexamethasone"
-    if is_medication(resource, protocol, "sodium_chloride"):
+    if "sodium_chloride" in kinds:
         return "sodium_chloride"
     return None
 
 
-def read_companion(resource: dict[str, Any], protocol: Protocol, *, in_request: bool) -> CompanionOrder | None:
-    kind = _companion_kind(resource, protocol)
+def read_companion(resource: dict[str, Any], index: MedicationIndex, *, in_request: bool) -> CompanionOrder | None:
+    protocol = index.protocol
+    kind = _companion_kind(resource, index)
     if kind is None:
         return None
     planned, _, _ = planned_date_of(resource)
@@ -394,32 +401,32 @@ def read_companion(resource: dict[str, Any], protocol: Protocol, *, in_request: 
 
 
 def build_companions(
-    draft_entries: tuple[dict[str, Any], ...], medications: Iterable[dict[str, Any]], protocol: Protocol
+    draft_entries: tuple[dict[str, Any], ...], medications: Iterable[dict[str, Any]], index: MedicationIndex
 ) -> tuple[CompanionOrder, ...]:
     out: dict[str, CompanionOrder] = {}
     for resource in draft_entries:
         if _text(resource.get("status")) in _INACTIVE_REQUEST:
             continue
-        companion = read_companion(resource, protocol, in_request=True)
+        companion = read_companion(resource, index, in_request=True)
         if companion is not None:
             out.setdefault(companion.resource_id, companion)
     for resource in medications:
         if _text(resource.get("status")) != "active":
             continue
-        companion = read_companion(resource, protocol, in_request=False)
+        companion = read_companion(resource, index, in_request=False)
         if companion is not None:
             out.setdefault(companion.resource_id, companion)  # a draft of this request wins
     return tuple(out.values())
 
 
 # --- platinum history ---------------------------------------------------------------------------------
-def platinum_references(resources: Iterable[dict[str, Any]], protocol: Protocol) -> tuple[str, ...]:
+def platinum_references(resources: Iterable[dict[str, Any]], index: MedicationIndex) -> tuple[str, ...]:
     refs: list[str] = []
     for r in resources:
         rtype = r.get("resourceType")
         if rtype not in ("MedicationRequest", "MedicationAdministration", "MedicationStatement"):
             continue
-        if _text(r.get("status")) in _NOT_GIVEN or not is_medication(r, protocol, "platinum"):
+        if _text(r.get("status")) in _NOT_GIVEN or not index.is_(r, "platinum"):
             continue
         ref = f"{rtype}/{r.get('id')}"
         if ref not in refs:
@@ -440,12 +447,13 @@ def build_order_facts(
     medications = [r for r in resources.get("medications") or () if isinstance(r, dict)]
     administered = [r for r in resources.get("administrations") or () if isinstance(r, dict)]
     draft_entries = tuple(r for r in draft_entries if isinstance(r, dict))
-    administrations, issues = build_administrations(administered, episodes, protocol)
+    index = MedicationIndex(protocol)
+    administrations, issues = build_administrations(administered, episodes, protocol, index)
 
     chosen = _selected_ids(selections)
     drafts: list[DraftOrder] = []
     for resource in draft_entries:
-        if resource.get("resourceType") != "MedicationRequest" or not is_medication(resource, protocol, "tarlatamab"):
+        if resource.get("resourceType") != "MedicationRequest" or not index.is_(resource, "tarlatamab"):
             continue
         selected = hook != "order-select" or str(resource.get("id")) in chosen
         order, found = read_draft_order(resource, protocol=protocol, now=now, selected=selected)
@@ -455,7 +463,7 @@ def build_order_facts(
     return OrderFacts(
         administrations=administrations,
         draft_orders=tuple(drafts),
-        companion_orders=build_companions(draft_entries, medications, protocol),
-        platinum_history=platinum_references([*medications, *administered], protocol),
+        companion_orders=build_companions(draft_entries, medications, index),
+        platinum_history=platinum_references([*medications, *administered], index),
         issues=tuple(issues),
     )

@@ -6,8 +6,11 @@ Errors name the element (FHIRPath-like) and never echo the submitted value.
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from typing import Any
 
+import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
@@ -55,39 +58,86 @@ def _message(err: dict[str, Any]) -> str:
     return " ".join(str(err["msg"]).split())
 
 
+Problem = tuple[str, str, tuple[Any, ...]]  # (message, issue code, location inside the resource)
+
+# Validation is a pure function of the resource's JSON, and EHRs send the same resources again and again
+# (order-select, then order-sign, then patient-view; the same history on every call). Results are kept per
+# worker, keyed by a digest of the resource's JSON bytes: only the digest and the problem list (element
+# paths and messages, never values) are held, never the resource.
+VALIDATION_CACHE_SIZE = 20000
+_validation_cache: dict[bytes, tuple[Problem, ...]] = {}
+_cache_lock = threading.Lock()
+cache_stats = {"hits": 0, "misses": 0}
+
+
+def _digest(resource: dict[str, Any]) -> bytes | None:
+    try:
+        return hashlib.blake2b(orjson.dumps(resource), digest_size=16).digest()
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+
+
+def configure_cache(size: int) -> None:
+    """Set the cache size of this worker (0 turns caching off) and empty the cache."""
+    global VALIDATION_CACHE_SIZE
+    with _cache_lock:
+        VALIDATION_CACHE_SIZE = max(0, size)
+        _validation_cache.clear()
+
+
+def _problems(resource: dict[str, Any]) -> tuple[Problem, ...]:
+    if VALIDATION_CACHE_SIZE == 0:
+        cache_stats["misses"] += 1
+        return _validate(resource)
+    key = _digest(resource)
+    if key is not None:
+        cached = _validation_cache.get(key)
+        if cached is not None:
+            cache_stats["hits"] += 1
+            return cached
+    cache_stats["misses"] += 1
+    found = _validate(resource)
+    if key is not None:
+        with _cache_lock:
+            if len(_validation_cache) >= VALIDATION_CACHE_SIZE:
+                _validation_cache.clear()  # simple and bounded: a worker refills it within a few requests
+            _validation_cache[key] = found
+    return found
+
+
+def clear_validation_cache() -> None:
+    with _cache_lock:
+        _validation_cache.clear()
+
+
+def _validate(resource: dict[str, Any]) -> tuple[Problem, ...]:
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str):
+        return (("The resource has no resourceType", "required", ("resourceType",)),)
+    if json_depth_exceeds(resource, MAX_RESOURCE_DEPTH):
+        return ((f"The resource nests deeper than {MAX_RESOURCE_DEPTH} levels", "too-costly", ()),)
+    try:
+        cls = model_class(rtype)
+    except (ValueError, KeyError):
+        return ((f"Unsupported resource type {rtype}", "not-supported", ("resourceType",)),)
+    try:
+        cls.model_validate(resource)
+    except ValidationError as exc:
+        return tuple(
+            (_message(err), _ISSUE_CODE.get(err["type"], "value"), tuple(err["loc"]))
+            for err in exc.errors(include_url=False, include_input=False)
+        )
+    except (KeyError, ValueError, TypeError, RecursionError) as exc:  # unknown type inside contained, odd shapes
+        return ((f"The resource could not be read ({type(exc).__name__})", "structure", ()),)
+    return ()
+
+
 def validation_issues(resource: dict[str, Any], root: str) -> list[Issue]:
     """Issues of an R4 resource (empty when valid).
 
     `root` is the path shown in the issues, e.g. `context.draftOrders.entry[0].resource`.
     """
-    rtype = resource.get("resourceType")
-    if not isinstance(rtype, str):
-        return [Issue("The resource has no resourceType", code="required", expression=(f"{root}.resourceType",))]
-    if json_depth_exceeds(resource, MAX_RESOURCE_DEPTH):
-        return [
-            Issue(f"The resource nests deeper than {MAX_RESOURCE_DEPTH} levels", code="too-costly", expression=(root,))
-        ]
-    try:
-        cls = model_class(rtype)
-    except (ValueError, KeyError):
-        return [Issue(f"Unsupported resource type {rtype}", code="not-supported", expression=(f"{root}.resourceType",))]
-    try:
-        cls.model_validate(resource)
-    except ValidationError as exc:
-        issues = []
-        for err in exc.errors(include_url=False, include_input=False):
-            issues.append(
-                Issue(_message(err), code=_ISSUE_CODE.get(err["type"], "value"), expression=(_path(root, err["loc"]),))
-            )
-        return issues
-    except (
-        KeyError,
-        ValueError,
-        TypeError,
-        RecursionError,
-    ) as exc:  # unknown resourceType inside contained, odd shapes
-        return [Issue(f"The resource could not be read ({type(exc).__name__})", code="structure", expression=(root,))]
-    return []
+    return [Issue(message, code=code, expression=(_path(root, loc),)) for message, code, loc in _problems(resource)]
 
 
 def first_problem(resource: dict[str, Any]) -> tuple[str, str] | None:

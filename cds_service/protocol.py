@@ -94,14 +94,37 @@ class Protocol:
         """urn:tarlatamab-cds code -> kind (crs_grade, icans_grade, neurotox_grade, ice_score)."""
         return {str(v): k for k, v in self.data["local_observation_codes"].items()}
 
+    @cached_property
+    def _medication_codes(self) -> dict[str, tuple[frozenset[str], frozenset[str], tuple[str, ...]]]:
+        return {
+            name: (
+                frozenset(str(c) for c in med.get("rxnorm", []) or []),
+                frozenset(str(c) for c in med.get("ndc", []) or []),
+                tuple(str(t).lower() for t in med.get("text", []) or []),
+            )
+            for name, med in self.data["medications"].items()
+        }
+
+    @cached_property
+    def medication_code_index(self) -> dict[tuple[str, str], frozenset[str]]:
+        """(system, code) -> the medication concepts that code means (RxNorm and NDC, NDC also without dashes)."""
+        systems = self.data["systems"]
+        index: dict[tuple[str, str], set[str]] = {}
+        for name, (rxnorm, ndc, _) in self._medication_codes.items():
+            for code in rxnorm:
+                index.setdefault((systems["rxnorm"], code), set()).add(name)
+            for code in ndc:
+                index.setdefault((systems["ndc"], code), set()).add(name)
+                index.setdefault((systems["ndc"], code.replace("-", "")), set()).add(name)
+        return {key: frozenset(names) for key, names in index.items()}
+
+    @cached_property
+    def medication_text_index(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        return tuple((name, texts) for name, (_, _, texts) in self._medication_codes.items() if texts)
+
     def medication_codes(self, name: str) -> tuple[frozenset[str], frozenset[str], tuple[str, ...]]:
         """(rxnorm codes, ndc codes, lower-case text fragments) recognising a medication concept."""
-        med = self.data["medications"][name]
-        return (
-            frozenset(str(c) for c in med.get("rxnorm", []) or []),
-            frozenset(str(c) for c in med.get("ndc", []) or []),
-            tuple(str(t).lower() for t in med.get("text", []) or []),
-        )
+        return self._medication_codes[name]
 
     def rules_by_topic(self, topic: str) -> list[RuleDef]:
         return [r for r in self.rules.values() if r.topic == topic]

@@ -43,6 +43,8 @@ class Settings:
     now: datetime | None = None
     log_level: str = "INFO"
     audit_enabled: bool = True
+    # Per-worker cache of validation results by resource digest (0 turns it off)
+    validation_cache_size: int = 20000
 
     def __post_init__(self) -> None:
         for name in ("data_dir", "protocol_file", "cards_dir", "trusted_issuers_file"):
@@ -76,6 +78,7 @@ class Settings:
             ("CDS_JWT_LEEWAY_SECONDS", "jwt_leeway_seconds", int),
             ("CDS_JWT_MAX_LIFETIME_SECONDS", "jwt_max_lifetime_seconds", int),
             ("CDS_JWKS_CACHE_SECONDS", "jwks_cache_seconds", int),
+            ("CDS_VALIDATION_CACHE_SIZE", "validation_cache_size", int),
         ):
             if (v := text(name)) is not None:
                 try:

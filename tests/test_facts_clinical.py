@@ -178,8 +178,21 @@ def test_effective_period_and_issued(protocol: Protocol) -> None:
     by_period["effectivePeriod"] = {"start": by_period.pop("effectiveDateTime")}
     by_issued = lab("anc", 2.1, "2026-11-20T08:00:00Z", oid="i")
     by_issued.pop("effectiveDateTime")
-    results = build(protocol, [by_period, by_issued]).labs["anc"]
-    assert [(r.observation_id, r.local_date) for r in results] == [("i", date(2026, 11, 20)), ("p", date(2026, 11, 19))]
+    [period_result] = build(protocol, [by_period]).labs["anc"]
+    assert (period_result.observation_id, period_result.local_date) == ("p", date(2026, 11, 19))
+    [issued_result] = build(protocol, [by_issued]).labs["anc"]
+    assert (issued_result.observation_id, issued_result.local_date) == ("i", date(2026, 11, 20))
+    # Both together: the newer one (by issued) is the one read; the older is never needed.
+    assert [r.observation_id for r in build(protocol, [by_period, by_issued]).labs["anc"]] == ["i"]
+
+
+def test_results_are_read_down_to_the_newest_usable_one(protocol: Protocol) -> None:
+    newest_bad_unit = lab("anc", 2.0, "2026-11-20T08:00:00Z", oid="bad", unit="cells")
+    usable = lab("anc", 2.1, "2026-11-19T08:00:00Z", oid="ok")
+    older = lab("anc", 0.5, "2026-11-10T08:00:00Z", oid="old")
+    results = build(protocol, [older, usable, newest_bad_unit]).labs["anc"]
+    assert [r.observation_id for r in results] == ["bad", "ok"]
+    assert results[0].problem is not None and results[1].usable
 
 
 def test_newest_first_and_only_newest_results_are_checked(protocol: Protocol) -> None:
@@ -187,8 +200,8 @@ def test_newest_first_and_only_newest_results_are_checked(protocol: Protocol) ->
     newest = lab("anc", 2.0, "2026-11-20T08:00:00Z", oid="newest")
     middle = lab("anc", 1.5, "2026-11-10T08:00:00Z", oid="middle")
     facts = build(protocol, [old_bad, newest, middle])
-    assert [r.observation_id for r in facts.labs["anc"]] == ["newest", "middle", "old-bad"]
-    # The old unusable result lies behind a usable newer one: the rules never read it, no card for it.
+    # Read down to the newest usable result; the older ones are never read (no conversion, no card).
+    assert [r.observation_id for r in facts.labs["anc"]] == ["newest"]
     assert not [i for i in facts.issues if i.reference == "Observation/old-bad"]
 
 
@@ -201,8 +214,9 @@ def test_hundreds_of_observations_stay_fast(protocol: Protocol) -> None:
     started = time.perf_counter()
     facts = build(protocol, observations)
     elapsed = time.perf_counter() - started
-    assert len(facts.labs["anc"]) == 28 * 8
-    assert elapsed < 1.0
+    [newest] = facts.labs["anc"]
+    assert newest.local_date.isoformat() == "2026-10-28" and newest.usable
+    assert elapsed < 0.25  # selection is cheap dict work; only the newest results are converted
 
 
 # --- toxicity ----------------------------------------------------------------------------------------

@@ -108,3 +108,36 @@ def test_trusted_mode_without_public_base_url_warns(
     assert cli.main(["serve", "--host", "0.0.0.0", "--port", "18080", "--workers", "1"]) == 0
     assert started == ["0.0.0.0:18080"]
     assert "CDS_PUBLIC_BASE_URL is not set" in capsys.readouterr().err
+
+
+def test_workers_freeze_the_startup_heap_and_flush_the_audit_on_exit(started: list[str]) -> None:
+    """The gunicorn hooks that keep full garbage collections off the request path and lose no audit entry."""
+    import gc
+
+    from gunicorn.app.base import BaseApplication
+
+    captured: dict[str, Any] = {}
+
+    def fake_run(self: Any) -> None:
+        captured["post_worker_init"] = self.cfg.post_worker_init
+        captured["worker_exit"] = self.cfg.worker_exit
+
+    BaseApplication.run = fake_run  # restored by the started fixture's monkeypatch
+    assert cli.main(["serve", "--host", "127.0.0.1", "--port", "18080", "--workers", "1"]) == 0
+    try:
+        captured["post_worker_init"](None)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+    class Writer:
+        closed = False
+
+        def close(self) -> None:
+            Writer.closed = True
+
+    class Worker:
+        wsgi = type("App", (), {"extensions": {"cds_audit_writer": Writer()}})()
+
+    captured["worker_exit"](None, Worker())
+    assert Writer.closed
