@@ -106,12 +106,3 @@ class MedicationIndex:
 
     def is_(self, resource: dict[str, Any], name: str) -> bool:
         return name in self.kinds(resource)
-
-
-def reference_id(ref: Any, resource_type: str) -> str | None:
-    """The id of a `{"reference": "Type/id"}` dict when it points at `resource_type`."""
-    if isinstance(ref, dict):
-        target = ref.get("reference")
-        if isinstance(target, str) and target.startswith(resource_type + "/"):
-            return target.split("/", 1)[1].split("/_history", 1)[0]
-    return None

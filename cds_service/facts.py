@@ -222,7 +222,3 @@ class PatientFacts:
         if (day.month, day.day) < (self.birth_date.month, self.birth_date.day):
             years -= 1
         return years
-
-    @property
-    def last_administration(self) -> Administration | None:
-        return self.administrations[-1] if self.administrations else None

@@ -239,7 +239,3 @@ def _is_error_outcome(outcome: dict[str, Any]) -> bool:
     if not isinstance(issues, list) or not issues:
         return True
     return any(isinstance(i, dict) and i.get("severity") in ("error", "fatal") for i in issues)
-
-
-def is_error_outcome(resource: Any) -> bool:
-    return isinstance(resource, dict) and resource.get("resourceType") == "OperationOutcome"

@@ -105,11 +105,6 @@ def _problems(resource: dict[str, Any]) -> tuple[Problem, ...]:
     return found
 
 
-def clear_validation_cache() -> None:
-    with _cache_lock:
-        _validation_cache.clear()
-
-
 def _validate(resource: dict[str, Any]) -> tuple[Problem, ...]:
     rtype = resource.get("resourceType")
     if not isinstance(rtype, str):

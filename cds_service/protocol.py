@@ -122,12 +122,6 @@ class Protocol:
     def medication_text_index(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
         return tuple((name, texts) for name, (_, _, texts) in self._medication_codes.items() if texts)
 
-    def medication_codes(self, name: str) -> tuple[frozenset[str], frozenset[str], tuple[str, ...]]:
-        """(rxnorm codes, ndc codes, lower-case text fragments) recognising a medication concept."""
-        return self._medication_codes[name]
-
-    def rules_by_topic(self, topic: str) -> list[RuleDef]:
-        return [r for r in self.rules.values() if r.topic == topic]
 
 
 def load_protocol(path: Path) -> Protocol:

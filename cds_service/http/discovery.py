@@ -16,5 +16,14 @@ def discovery() -> Response:
 
 @bp.get("/healthz")
 def healthz() -> Response:
+    """Liveness for load balancers, with this worker's audit counters (failed and dropped writes)."""
     engine = current_app.extensions["cds_engine"]
-    return json_response({"status": "ok", "protocol": engine.protocol.id, "protocolVersion": engine.protocol.version})
+    writer = current_app.extensions.get("cds_audit_writer")
+    body: dict[str, object] = {
+        "status": "ok",
+        "protocol": engine.protocol.id,
+        "protocolVersion": engine.protocol.version,
+    }
+    if writer is not None:
+        body["audit"] = {"failedWrites": writer.failures, "droppedEntries": writer.dropped}
+    return json_response(body)
