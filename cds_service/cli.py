@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import ipaddress
 import logging
 import os
 import sys
@@ -56,20 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _serve(args: argparse.Namespace) -> int:
+    from .client_auth import is_loopback_host
+
     settings = Settings.from_env()
     log = logging.getLogger("cds_service")
     if settings.trusted_issuers_file is None:
-        if not _is_loopback(args.host):
+        if not is_loopback_host(args.host):
             print(
                 "cds-service: refusing to listen on a non-loopback address without trusted issuers "
                 "(set CDS_TRUSTED_ISSUERS_FILE); open development mode binds to loopback only",

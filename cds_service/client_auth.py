@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,18 @@ from urllib.parse import urlsplit
 from flask import Request
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """Whether a host name or address is loopback: `localhost` or a loopback IP literal (no DNS lookup)."""
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _split_fhir_url(url: str) -> tuple[str, str, int, tuple[str, ...]] | None:

@@ -732,6 +732,8 @@ def _is_sclc(view: _ConditionView, protocol: Protocol) -> bool:
         view.code.upper().startswith(str(p).upper()) for p in conditions["sclc_icd10cm_prefixes"]
     ):
         text = _text(view.resource.get("code"))
+        if any(str(t).lower() in text for t in conditions.get("sclc_text_exclude", ())):
+            return False  # "non-small cell", "NSCLC": contain the words but are not small cell lung cancer
         return any(str(t).lower() in text for t in conditions["sclc_text"])
     return False
 
@@ -901,7 +903,22 @@ def _breastfeeding(
                 )
             )
             continue
-        out.append((bool(_codes_of(obs.get("valueCodeableConcept")) & answers), when[0], reference))
+        codes = _codes_of(obs.get("valueCodeableConcept"))
+        if not codes:
+            # An answer without a code (free text only) cannot be read: never taken as "not breastfeeding".
+            issues.append(
+                DataIssue(
+                    "unusable",
+                    "observations",
+                    "Breastfeeding status could not be read: the answer "
+                    f"'{_text(obs.get('valueCodeableConcept')) or 'no text'}' has no code.",
+                    reference,
+                    "valueCodeableConcept",
+                    affects="breastfeeding",
+                )
+            )
+            continue
+        out.append((bool(codes & answers), when[0], reference))
     out.sort(key=lambda item: (item[1], item[2]), reverse=True)
     return tuple(out)
 

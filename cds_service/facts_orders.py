@@ -28,6 +28,7 @@ from .facts import Administration, CompanionOrder, DataIssue, Dose, DraftOrder, 
 from .fhir_validation import first_problem
 from .protocol import Protocol
 from .rules.schedule import assign_positions
+from .units import table_factor
 
 _DATE_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
 _INACTIVE_REQUEST = frozenset({"cancelled", "entered-in-error", "stopped", "completed", "revoked"})
@@ -102,14 +103,6 @@ def quantity_unit(quantity: dict[str, Any]) -> str | None:
     return None
 
 
-def _factor(quantity: dict[str, Any], table: dict[str, Any]) -> float | None:
-    for key in ("code", "unit"):
-        unit = quantity.get(key)
-        if isinstance(unit, str) and unit.strip() in table:
-            return float(table[unit.strip()])
-    return None
-
-
 def convert_quantity(quantity: Any, table: dict[str, Any]) -> tuple[float | None, str | None, str | None, str | None]:
     """(converted value, raw value, raw unit, problem) of a Quantity against a unit -> factor table."""
     if not isinstance(quantity, dict):
@@ -121,10 +114,10 @@ def convert_quantity(quantity: Any, table: dict[str, Any]) -> tuple[float | None
     raw = number_text(value)
     if unit is None:
         return None, raw, None, "no unit stated"
-    factor = _factor(quantity, table)
-    if factor is None:
+    matched = table_factor(table, quantity)
+    if matched is None:
         return None, raw, unit, f"the unit {unit!r} cannot be converted"
-    return value * factor, raw, unit, None
+    return value * matched[0], raw, unit, None
 
 
 def dose_from_quantity(quantity: Any, protocol: Protocol) -> Dose:

@@ -25,7 +25,6 @@ the reason is logged with the issuer and jti, never with the token):
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 import time
@@ -41,7 +40,7 @@ import orjson
 import requests
 from flask import Request
 
-from .client_auth import ClientIdentity, FhirServerAllowList
+from .client_auth import ClientIdentity, FhirServerAllowList, is_loopback_host
 from .errors import ServiceError
 from .settings import Settings
 from .store import Store, StoreUnavailable
@@ -92,17 +91,6 @@ def check_algorithms(algorithms: Iterable[str], where: str) -> tuple[str, ...]:
     return result
 
 
-def _is_loopback_host(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _check_url(value: Any, where: str, *, https_unless_loopback: bool) -> str:
     if not isinstance(value, str) or not value.strip():
         raise IssuerConfigError(f"{where} must be a URL string")
@@ -111,7 +99,7 @@ def _check_url(value: Any, where: str, *, https_unless_loopback: bool) -> str:
         raise IssuerConfigError(f"{where} must be an absolute http(s) URL")
     if parts.username or parts.password:
         raise IssuerConfigError(f"{where} must not carry credentials")
-    if https_unless_loopback and parts.scheme != "https" and not _is_loopback_host(parts.hostname):
+    if https_unless_loopback and parts.scheme != "https" and not is_loopback_host(parts.hostname):
         raise IssuerConfigError(f"{where} must use https (plain http only on loopback, for tests)")
     return value.strip()
 

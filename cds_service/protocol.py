@@ -123,7 +123,6 @@ class Protocol:
         return tuple((name, texts) for name, (_, _, texts) in self._medication_codes.items() if texts)
 
 
-
 def load_protocol(path: Path) -> Protocol:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))

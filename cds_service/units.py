@@ -59,14 +59,21 @@ def clean(x: float) -> float:
     return float(f"{x:.{_SIGNIFICANT_DIGITS}g}")
 
 
-def unit_factor(protocol: Protocol, analyte: str, quantity: dict[str, Any]) -> tuple[float, str] | None:
-    """(factor to the canonical unit, the unit string matched) or None when the unit is not in the table."""
-    factors = protocol.section("units")[analyte]["factors"]
+def table_factor(factors: dict[str, Any], quantity: dict[str, Any]) -> tuple[float, str] | None:
+    """(factor, the unit string matched) of a Quantity in a unit -> factor table, or None when not listed.
+
+    `Quantity.code` (UCUM) is tried first, then `Quantity.unit`, each matched exactly after trimming.
+    """
     for key in ("code", "unit"):
         raw = quantity.get(key)
         if isinstance(raw, str) and raw.strip() in factors:
             return float(factors[raw.strip()]), raw.strip()
     return None
+
+
+def unit_factor(protocol: Protocol, analyte: str, quantity: dict[str, Any]) -> tuple[float, str] | None:
+    """(factor to the canonical unit, the unit string matched) or None when the unit is not in the table."""
+    return table_factor(protocol.section("units")[analyte]["factors"], quantity)
 
 
 def raw_unit_of(quantity: dict[str, Any]) -> str | None:

@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 from conftest import NOW
-from fhir_builders import PATIENT_ID, crs_condition, lab, normal_labs, patient, tarlatamab_order
+from fhir_builders import crs_condition, lab, normal_labs
+from support_facts import order_sign_facts
 
 from cds_service.facts import DraftOrder, PatientFacts
 from cds_service.findings import Finding
-from cds_service.patient_facts import build_facts
 from cds_service.protocol import Protocol
 from cds_service.rules import EvaluationContext
 from cds_service.rules.labs import check_lab_holds, check_required_labs
@@ -24,23 +24,7 @@ def facts_for(
     conditions: list[dict[str, Any]] = (),  # type: ignore[assignment]
     planned: str = "2026-11-21T10:00:00Z",
 ) -> tuple[PatientFacts, DraftOrder]:
-    resources = {
-        "patient": [patient()],
-        "medications": [],
-        "administrations": [],
-        "observations": list(observations),
-        "conditions": list(conditions),
-    }
-    facts = build_facts(
-        patient_id=PATIENT_ID,
-        hook="order-sign",
-        resources=resources,
-        draft_entries=[tarlatamab_order(planned, 10)],
-        selections=[],
-        protocol=protocol,
-        now=NOW,
-    )
-    return facts, facts.draft_orders[0]
+    return order_sign_facts(protocol, observations=observations, conditions=conditions, planned=planned)
 
 
 def holds(protocol: Protocol, observations: list[dict[str, Any]]) -> list[Finding]:

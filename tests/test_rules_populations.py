@@ -9,7 +9,6 @@ import pytest
 from conftest import NOW
 from fhir_builders import (
     ICD10,
-    PATIENT_ID,
     SNOMED,
     breastfeeding,
     condition,
@@ -20,12 +19,11 @@ from fhir_builders import (
     platinum_administration,
     pregnancy_status,
     sclc_condition,
-    tarlatamab_order,
 )
+from support_facts import order_sign_facts
 
 from cds_service.facts import DraftOrder, PatientFacts, SchedulePosition
 from cds_service.findings import Finding
-from cds_service.patient_facts import build_facts
 from cds_service.protocol import Protocol
 from cds_service.rules import EvaluationContext, populations, schedule
 
@@ -67,23 +65,14 @@ def facts_for(
     pt = patient(gender=gender or "unknown", birth_date=birth_date)
     if gender is None:
         pt.pop("gender")
-    resources = {
-        "patient": [pt],
-        "medications": list(medications),
-        "administrations": [],
-        "observations": list(observations),
-        "conditions": list(conditions),
-    }
-    facts = build_facts(
-        patient_id=PATIENT_ID,
-        hook="order-sign",
-        resources=resources,
-        draft_entries=[tarlatamab_order("2026-11-21T10:00:00Z", 1)],
-        selections=[],
-        protocol=protocol,
-        now=NOW,
+    return order_sign_facts(
+        protocol,
+        patient_resource=pt,
+        observations=observations,
+        conditions=conditions,
+        medications=medications,
+        dose=1,
     )
-    return facts, facts.draft_orders[0]
 
 
 def run(rule: Any, protocol: Protocol, **kw: Any) -> list[Finding]:
@@ -231,20 +220,8 @@ def test_platinum_recorded_in_the_record_satisfies_the_indication(protocol: Prot
     # End to end through the order facts (platinum history read by the orders engineer's facts builder).
     resources_admin = [platinum_administration("2026-06-01T09:00:00Z")]
     pt = patient(gender="male")
-    facts = build_facts(
-        patient_id=PATIENT_ID,
-        hook="order-sign",
-        resources={
-            "patient": [pt],
-            "medications": [],
-            "administrations": resources_admin,
-            "observations": [],
-            "conditions": [sclc_condition()],
-        },
-        draft_entries=[tarlatamab_order("2026-11-21T10:00:00Z", 1)],
-        selections=[],
-        protocol=protocol,
-        now=NOW,
+    facts, _ = order_sign_facts(
+        protocol, patient_resource=pt, administrations=resources_admin, conditions=[sclc_condition()], dose=1
     )
     if not facts.platinum_history:
         pytest.skip("platinum history is not read by the order facts yet")

@@ -7,18 +7,15 @@ from typing import Any
 import pytest
 from conftest import NOW
 from fhir_builders import (
-    PATIENT_ID,
     administration,
     crs_condition,
     grade_observation,
     icans_condition,
-    patient,
-    tarlatamab_order,
 )
+from support_facts import order_sign_facts
 
 from cds_service.facts import DraftOrder, PatientFacts
 from cds_service.findings import Finding
-from cds_service.patient_facts import build_facts
 from cds_service.protocol import Protocol
 from cds_service.rules import EvaluationContext
 from cds_service.rules.toxicity import check_crs, check_neurotoxicity
@@ -32,23 +29,7 @@ def facts_for(
     conditions: list[dict[str, Any]] = (),  # type: ignore[assignment]
     administrations: list[dict[str, Any]] = (),  # type: ignore[assignment]
 ) -> tuple[PatientFacts, DraftOrder]:
-    resources = {
-        "patient": [patient()],
-        "medications": [],
-        "administrations": list(administrations),
-        "observations": list(observations),
-        "conditions": list(conditions),
-    }
-    facts = build_facts(
-        patient_id=PATIENT_ID,
-        hook="order-sign",
-        resources=resources,
-        draft_entries=[tarlatamab_order("2026-11-21T10:00:00Z", 10)],
-        selections=[],
-        protocol=protocol,
-        now=NOW,
-    )
-    return facts, facts.draft_orders[0]
+    return order_sign_facts(protocol, observations=observations, conditions=conditions, administrations=administrations)
 
 
 def crs(protocol: Protocol, **kw: Any) -> list[Finding]:

@@ -52,6 +52,10 @@ def stated_evidence(order: DraftOrder) -> tuple[Evidence, ...]:
         out.append(Evidence("Infusion duration on the order", str(duration), reference=ref))
     if not out:
         out.append(Evidence("Infusion rate and duration on the order", "not stated", reference=ref))
+    if len(out) > 1:
+        # Cards show one evidence line per referenced resource: a second line naming the same order would be
+        # dropped, hiding the stated duration. One line carries both.
+        out = [Evidence("Infusion rate and duration on the order", "; ".join(e.value for e in out), reference=ref)]
     return tuple(out)
 
 

@@ -265,8 +265,12 @@ def _hepatic_findings(
                     "date": ", ".join(sorted({top_result.local_date.isoformat(), bili.local_date.isoformat()})),
                 },
                 (
-                    result_evidence(top_result, f" = {format_multiple(multiples[top], hys_t)} x ULN"),
-                    result_evidence(bili, f" = {format_multiple(multiples['bilirubin'], hys_b)} x ULN"),
+                    result_evidence(
+                        top_result, f" = {format_multiple(multiples[top], hys_t)} x ULN ({_uln_text(top_result)})"
+                    ),
+                    result_evidence(
+                        bili, f" = {format_multiple(multiples['bilirubin'], hys_b)} x ULN ({_uln_text(bili)})"
+                    ),
                 ),
                 delete,
             )

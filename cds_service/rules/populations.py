@@ -97,7 +97,27 @@ def check_pregnancy(
             )
         )
     if names is not None and names & set(protocol.section("populations")["contraception_positions"]) and not pregnant:
-        findings.append(Finding("pregnancy.contraception", order.resource_id))
+        position = _position_text(names)
+        who = f"{facts.gender or 'gender not recorded'}, " + (f"{age} years" if age is not None else "age unknown")
+        findings.append(
+            Finding(
+                "pregnancy.contraception",
+                order.resource_id,
+                {
+                    "position": position,
+                    "planned_date": order.planned_date.isoformat(),
+                    "patient": who,
+                },
+                (
+                    Evidence("Patient", who, order.planned_date.isoformat()),
+                    Evidence(
+                        "Tarlatamab order",
+                        f"{position}, planned {order.planned_date.isoformat()}",
+                        reference=f"MedicationRequest/{order.resource_id}",
+                    ),
+                ),
+            )
+        )
     return findings
 
 

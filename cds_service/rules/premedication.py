@@ -9,6 +9,8 @@ When the administration history is unavailable the position is unknown: no card 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 from ..facts import CompanionOrder, DraftOrder, PatientFacts
@@ -65,65 +67,83 @@ def _is_amount(value: float | None, wanted: float, protocol: Protocol) -> bool:
     return value is not None and abs(value - wanted) <= float(protocol.section("doses")["tolerance_mg"])
 
 
-def check_premedication(
-    facts: PatientFacts, order: DraftOrder, protocol: Protocol, ctx: EvaluationContext
-) -> list[Finding]:
+@dataclass(frozen=True)
+class _Companion:
+    """What one companion check (dexamethasone premedication, saline hydration) looks for and reports."""
+
+    medication: Literal["dexamethasone", "sodium_chloride"]
+    amount_key: str  # `premedication` key of the wanted amount
+    amount: Callable[[CompanionOrder], float | None]  # the ordered amount compared with it
+    missing_rule: str
+    missing_evidence: str
+    suggestion: str
+    amount_rule: str
+    shown_key: str  # finding value holding the ordered amounts
+    order_label: str
+
+
+_DEXAMETHASONE = _Companion(
+    medication="dexamethasone",
+    amount_key="dexamethasone_mg",
+    amount=lambda c: c.dose_mg,
+    missing_rule="premedication.dexamethasone-missing",
+    missing_evidence="Dexamethasone orders found",
+    suggestion="create-dexamethasone-premed",
+    amount_rule="premedication.dexamethasone-dose",
+    shown_key="ordered_dose",
+    order_label="Dexamethasone order",
+)
+
+_SALINE = _Companion(
+    medication="sodium_chloride",
+    amount_key="saline_volume_ml",
+    amount=lambda c: c.volume_ml,
+    missing_rule="hydration.saline-missing",
+    missing_evidence="Sodium chloride 0.9% orders found",
+    suggestion="create-saline",
+    amount_rule="hydration.saline-volume",
+    shown_key="ordered_volume",
+    order_label="Sodium chloride order",
+)
+
+
+def _check_companion(spec: _Companion, facts: PatientFacts, order: DraftOrder, protocol: Protocol) -> list[Finding]:
     expected = expected_dose(facts, order.planned_date, protocol)
     if expected is None or not needs_premedication(expected, protocol):
         return []
-    wanted = float(protocol.section("premedication")["dexamethasone_mg"])
-    found = matching_companions(facts, order, "dexamethasone", protocol)
+    wanted = float(protocol.section("premedication")[spec.amount_key])
+    found = matching_companions(facts, order, spec.medication, protocol)
     values: dict[str, object] = {"position": expected.position.display, "planned_date": order.planned_date.isoformat()}
     if not found:
         return [
             Finding(
-                rule_id="premedication.dexamethasone-missing",
+                rule_id=spec.missing_rule,
                 order_id=order.resource_id,
                 values=values,
-                evidence=(*_base_evidence(order, expected), Evidence("Dexamethasone orders found", "none")),
-                suggestions=(SuggestionSpec("create-dexamethasone-premed", order.resource_id),),
+                evidence=(*_base_evidence(order, expected), Evidence(spec.missing_evidence, "none")),
+                suggestions=(SuggestionSpec(spec.suggestion, order.resource_id),),
             )
         ]
-    if any(_is_amount(c.dose_mg, wanted, protocol) for c in found):
+    if any(_is_amount(spec.amount(c), wanted, protocol) for c in found):
         return []
     shown = "; ".join(c.dose_display or "no amount stated" for c in found)
     return [
         Finding(
-            rule_id="premedication.dexamethasone-dose",
+            rule_id=spec.amount_rule,
             order_id=order.resource_id,
-            values={**values, "ordered_dose": shown},
-            evidence=(*_base_evidence(order, expected), *companion_evidence(found, "Dexamethasone order")),
+            values={**values, spec.shown_key: shown},
+            evidence=(*_base_evidence(order, expected), *companion_evidence(found, spec.order_label)),
         )
     ]
+
+
+def check_premedication(
+    facts: PatientFacts, order: DraftOrder, protocol: Protocol, ctx: EvaluationContext
+) -> list[Finding]:
+    return _check_companion(_DEXAMETHASONE, facts, order, protocol)
 
 
 def check_hydration(
     facts: PatientFacts, order: DraftOrder, protocol: Protocol, ctx: EvaluationContext
 ) -> list[Finding]:
-    expected = expected_dose(facts, order.planned_date, protocol)
-    if expected is None or not needs_premedication(expected, protocol):
-        return []
-    wanted = float(protocol.section("premedication")["saline_volume_ml"])
-    found = matching_companions(facts, order, "sodium_chloride", protocol)
-    values: dict[str, object] = {"position": expected.position.display, "planned_date": order.planned_date.isoformat()}
-    if not found:
-        return [
-            Finding(
-                rule_id="hydration.saline-missing",
-                order_id=order.resource_id,
-                values=values,
-                evidence=(*_base_evidence(order, expected), Evidence("Sodium chloride 0.9% orders found", "none")),
-                suggestions=(SuggestionSpec("create-saline", order.resource_id),),
-            )
-        ]
-    if any(_is_amount(c.volume_ml, wanted, protocol) for c in found):
-        return []
-    shown = "; ".join(c.dose_display or "no amount stated" for c in found)
-    return [
-        Finding(
-            rule_id="hydration.saline-volume",
-            order_id=order.resource_id,
-            values={**values, "ordered_volume": shown},
-            evidence=(*_base_evidence(order, expected), *companion_evidence(found, "Sodium chloride order")),
-        )
-    ]
+    return _check_companion(_SALINE, facts, order, protocol)

@@ -5,7 +5,7 @@ again at every restart dose (R1, 1 mg), followed by R2 (10 mg, which takes the n
 first numbering) and maintenance doses that continue that numbering.
 
 A restart applies when the gap from the last dose exceeds `schedule.max_gap_days` for the last dose's
-position class, or when a first Grade >= 3 CRS episode began after the last dose.
+position class, or when a first Grade 3 CRS episode began after the last dose.
 
 Dates: gaps are whole calendar days between the local dates written in the resources. A toxicity episode
 counts as "after a dose" when its onset date is on or after the date of that dose (a dose is never given
@@ -102,15 +102,19 @@ def onset_between(episode: ToxicityEpisode, after: date, until: date) -> bool:
 
 
 def first_grade3_crs(episodes: Iterable[ToxicityEpisode]) -> ToxicityEpisode | None:
-    """The first CRS episode of Grade 3 or higher (a second one discontinues: another rule's card)."""
-    severe = sorted((e for e in episodes if e.kind == "crs" and e.grade >= 3), key=lambda e: e.onset)
+    """The first Grade 3 CRS episode (a second one, or any Grade 4, discontinues: another rule's card).
+
+    Only Grade 3 re-initiates with the step-up schedule (spec 6.2); Grade 4 is a permanent discontinuation and
+    must not be presented as a re-initiation.
+    """
+    severe = sorted((e for e in episodes if e.kind == "crs" and e.grade == 3), key=lambda e: e.onset)
     return severe[0] if severe else None
 
 
 def crs_restart_episode(
     episodes: Sequence[ToxicityEpisode], last: Administration, until: date
 ) -> ToxicityEpisode | None:
-    """The first Grade >= 3 CRS episode when it began after `last` (and by `until`): re-initiate at 1 mg."""
+    """The first Grade 3 CRS episode when it began after `last` (and by `until`): re-initiate at 1 mg."""
     episode = first_grade3_crs(episodes)
     if episode is not None and onset_between(episode, last.local_date, until):
         return episode
