@@ -142,8 +142,20 @@ def _first_dose_and_rate(resource: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def _all_dose_and_rates(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        entry
+        for instruction in _dosage_instructions(resource)
+        for entry in _list(instruction.get("doseAndRate"))
+        if isinstance(entry, dict)
+    ]
+
+
 def order_dose(resource: dict[str, Any], protocol: Protocol) -> Dose:
-    """The dose of dosageInstruction[0].doseAndRate[0] (a range or a missing dose cannot be checked)."""
+    """The dose of dosageInstruction[0].doseAndRate[0] (a range or a missing dose cannot be checked).
+
+    Every other dose written on the order must state the same amount, else the dose cannot be verified.
+    """
     entry = _first_dose_and_rate(resource)
     if entry is None or ("doseQuantity" not in entry and "doseRange" not in entry):
         return Dose(mg=None, problem="no dose stated")
@@ -154,7 +166,19 @@ def order_dose(resource: dict[str, Any], protocol: Protocol) -> Dose:
         raw = f"{number_text(lo) if lo is not None else '?'}-{number_text(hi) if hi is not None else '?'}"
         unit = quantity_unit(low) or quantity_unit(high)
         return Dose(mg=None, raw_value=raw, raw_unit=unit, problem="the dose is a range, not a single amount")
-    return dose_from_quantity(entry["doseQuantity"], protocol)
+    first = dose_from_quantity(entry["doseQuantity"], protocol)
+    others = [e for e in _all_dose_and_rates(resource) if e is not entry and ("doseQuantity" in e or "doseRange" in e)]
+    if not others:
+        return first
+    doses = [first] + [
+        dose_from_quantity(e["doseQuantity"], protocol) if "doseQuantity" in e else Dose(mg=None) for e in others
+    ]
+    tolerance = float(protocol.section("doses")["tolerance_mg"])
+    if all(d.mg is not None and first.mg is not None and abs(d.mg - first.mg) <= tolerance for d in doses):
+        return first  # the same amount written more than once
+    # Every dose written on the order is checked: a second instruction with another amount is not ignored.
+    stated = "; ".join(d.display if d.raw_value is not None else "a dose range" for d in doses)
+    return Dose(mg=None, raw_value=stated, raw_unit="", problem="several different doses are stated on the order")
 
 
 def planned_date_of(resource: dict[str, Any]) -> tuple[date | None, PlannedSource | None, str | None]:
@@ -365,7 +389,9 @@ def read_companion(resource: dict[str, Any], index: MedicationIndex, *, in_reque
     if kind is None:
         return None
     planned, _, _ = planned_date_of(resource)
-    if planned is None:
+    if planned is None and not in_request:
+        # An active order without timing is taken for the day it was written; a draft of this request is not
+        # dated by authoredOn (the day the order set is composed), it goes with the doses it is signed with.
         planned = local_date(resource.get("authoredOn"))
     entry = _first_dose_and_rate(resource) or {}
     quantity = entry.get("doseQuantity")

@@ -2,8 +2,7 @@
 
 Each test quotes the statement of shared/spec/protocol.md (or service.md) it checks, runs a realistic
 CDS Hooks request through the HTTP endpoint (tests/fhir_builders.py) and asserts on the cards a clinician
-would see. Tests marked xfail(strict=True) document a defect in a file this review may not edit; the fix
-is described in the reason.
+would see. Each failed against the code before the review's fixes.
 """
 
 from __future__ import annotations
@@ -146,13 +145,6 @@ def test_breastfeeding_answer_without_a_code_is_not_silently_read_as_not_breastf
 
 
 # --- 4: premedication of one date does not cover another tarlatamab dose ------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="rules/premedication.py (read-only here): matching_companions counts every companion draft of the "
-    "request for every tarlatamab draft whatever its date; the C1D8 draft of 2026-11-28 is 'covered' by the "
-    "dexamethasone/saline drafts of 2026-11-21. Fix: an in-request companion counts only when it has no planned "
-    "date or its planned date is within match_window_days of the tarlatamab draft's planned date.",
-)
 def test_premedication_of_c1d1_does_not_cover_c1d8_signed_in_the_same_request(client: Any) -> None:
     """Spec 4: "Dexamethasone 8 mg IV ... within 1 hour before the tarlatamab infusion | C1D1, C1D8, R1, R2" and
     "0.9% sodium chloride 1 L IV ... started immediately after the infusion ends | C1D1, C1D8, R1, R2".
@@ -173,13 +165,6 @@ def test_premedication_of_c1d1_does_not_cover_c1d8_signed_in_the_same_request(cl
 
 
 # --- 2.2: every dose amount on the order is checked ---------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="facts_orders.py (read-only here): order_dose reads only dosageInstruction[0].doseAndRate[0]; a second "
-    "dosageInstruction (or doseAndRate entry) with another amount is never checked. Fix: collect the dose of every "
-    "dosageInstruction[*].doseAndRate[*]; when they are not all the same amount return "
-    "Dose(mg=None, raw_value=<all amounts>, problem='several different doses stated') so dose.invalid-amount fires.",
-)
 def test_a_second_dosage_instruction_with_another_amount_is_not_silently_accepted(client: Any) -> None:
     """Spec 2.2: "any other amount (e.g. 5 mg, 100 mg), or a dose in a unit that cannot be converted to mg →
     critical (never a reduced dose [L]; an unverifiable dose is not silently accepted)".

@@ -36,7 +36,13 @@ def matching_companions(
         c
         for c in facts.companion_orders
         if c.medication == medication
-        and (c.in_request or (c.planned_date is not None and abs((c.planned_date - order.planned_date).days) <= window))
+        and (
+            # An undated draft of this request goes with the tarlatamab order it is signed with; a dated one (or
+            # an active order) only with the dose planned within the window (C1D1 and C1D8 signed together each
+            # need their own premedication).
+            (c.in_request and c.planned_date is None)
+            or (c.planned_date is not None and abs((c.planned_date - order.planned_date).days) <= window)
+        )
     ]
 
 
