@@ -188,9 +188,7 @@ class CardRenderer:
     def _detail(self, text: dict[str, Any], values: dict[str, Any], finding: Finding, rule: Any) -> str:
         common = self.texts.common
         parts = [fill(text["detail"], values)]
-        evidence = _distinct_evidence(
-            [*finding.evidence, *(e for _, fs in finding.related for f in fs for e in f.evidence)]
-        )
+        evidence = _with_related_evidence(finding)
         if evidence:
             lines = [common["evidence_heading"]]
             for ev in evidence:
@@ -213,14 +211,16 @@ class CardRenderer:
         return "\n\n".join(parts)
 
 
-def _distinct_evidence(items: list[Any]) -> list[Any]:
-    """Evidence without repeats: the first mention of a resource wins (summaries gather many findings)."""
-    seen: set[object] = set()
-    out = []
-    for ev in items:
-        key = ev.reference or ev
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append(ev)
-    return out
+def _with_related_evidence(finding: Finding) -> list[Any]:
+    """The finding's own evidence, all of it, then that of the findings it summarises (patient-view) where
+    it names a resource not already shown: the first mention of a resource wins."""
+    own = list(finding.evidence)
+    seen: set[object] = {ev.reference or ev for ev in own}
+    for _, related in finding.related:
+        for other in related:
+            for ev in other.evidence:
+                key = ev.reference or ev
+                if key not in seen:
+                    seen.add(key)
+                    own.append(ev)
+    return own

@@ -19,7 +19,6 @@ from .findings import SuggestionSpec
 from .protocol import Protocol
 
 _UUID_NAMESPACE = uuid.UUID("0d3e6f9e-5b0b-4b8e-9d59-4b7d8a1c2e10")
-ALLOWED_DOSES_MG = (1, 10)
 
 
 class SuggestionBuilder:
@@ -48,7 +47,8 @@ class SuggestionBuilder:
             if order is None:
                 return []
             dose = spec.params["dose_mg"]
-            if dose not in ALLOWED_DOSES_MG:  # never suggest any other dose [L]
+            doses = self.protocol.section("doses")
+            if dose not in (doses["step_up_mg"], doses["target_mg"]):  # never suggest any other dose [L]
                 raise ValueError(f"refusing to suggest a tarlatamab dose of {dose} mg")
             return [{"type": "update", "description": label, "resource": self.updated_dose(order, int(dose))}]
         if spec.kind == "delete-order":
@@ -77,9 +77,27 @@ class SuggestionBuilder:
         rates[0].pop("doseRange", None)
         rates[0]["doseQuantity"] = quantity
         if isinstance(first.get("text"), str):
-            first["text"] = f"tarlatamab {dose_mg} mg IV over 1 hour"
+            minutes = self.protocol.section("administration")["infusion_minutes"]
+            first["text"] = f"tarlatamab {dose_mg} mg IV over {minutes} minutes"
+        self._swap_kit(resource, dose_mg)
         MedicationRequest.model_validate(resource)
         return resource
+
+    def _swap_kit(self, resource: dict[str, Any], dose_mg: int) -> None:
+        """Replace the product coding of the other strength's kit (e.g. the 10 mg kit on a 1 mg dose)."""
+        kits = {str(k): v for k, v in self.protocol.section("orderables")["tarlatamab_kits"].items()}
+        wanted = kits.get(str(dose_mg))
+        concept = resource.get("medicationCodeableConcept")
+        if wanted is None or not isinstance(concept, dict) or not isinstance(concept.get("coding"), list):
+            return
+        other = {(k["system"], k["code"]) for strength, k in kits.items() if strength != str(dose_mg)}
+        swapped = False
+        for i, coding in enumerate(concept["coding"]):
+            if isinstance(coding, dict) and (coding.get("system"), coding.get("code")) in other:
+                concept["coding"][i] = dict(wanted)
+                swapped = True
+        if swapped and isinstance(concept.get("text"), str):
+            concept["text"] = wanted["display"]
 
     def _id(self, spec: SuggestionSpec) -> str:
         return str(uuid.uuid5(_UUID_NAMESPACE, f"{self.hook_instance}|{spec.kind}|{spec.order_id}|{spec.params}"))
@@ -153,9 +171,7 @@ class SuggestionBuilder:
     def service_request(self, spec: SuggestionSpec, order: DraftOrder | None) -> dict[str, Any]:
         orderable = self.protocol.section("orderables")[str(spec.params["orderable"])]
         resource = self._common("ServiceRequest", spec)
-        resource["category"] = [
-            {"coding": [{"system": "http://snomed.info/sct", "code": "108252007", "display": "Laboratory procedure"}]}
-        ]
+        resource["category"] = [{"coding": [dict(self.protocol.section("orderables")["lab_category"])]}]
         resource["code"] = {"coding": [dict(orderable)], "text": orderable["display"]}
         if order is not None:
             resource["occurrenceDateTime"] = order.planned_date.isoformat()
