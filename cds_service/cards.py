@@ -7,7 +7,6 @@ always yields the same response (replay and HTTP agree) while every invocation g
 
 from __future__ import annotations
 
-import string
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -67,7 +66,7 @@ class _Values(dict[str, Any]):
 
 
 def fill(template: str, values: dict[str, Any]) -> str:
-    return string.Formatter().vformat(template, (), _Values(values)).strip()
+    return template.format_map(_Values(values)).strip()
 
 
 def check_templates(texts: CardTexts, protocol: Protocol) -> None:
