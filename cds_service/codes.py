@@ -65,23 +65,36 @@ _NO_NAMES: frozenset[str] = frozenset()
 
 
 def medication_kinds(resource: dict[str, Any], protocol: Protocol) -> frozenset[str]:
-    """The protocol `medications` concepts (tarlatamab, dexamethasone, ...) a medication resource is, in one pass."""
+    """The protocol `medications` concepts (tarlatamab, dexamethasone, ...) a medication resource is.
+
+    One pass over the codings collects both the codes (RxNorm, NDC with or without dashes) and the text
+    (concept text and coding displays) matched against the protocol's text fragments.
+    """
     concept = medication_concept(resource)
     if concept is None:
-        return frozenset()
+        return _NO_NAMES
     by_code = protocol.medication_code_index
-    systems = protocol.data["systems"]
+    ndc = protocol.data["systems"]["ndc"]
     names: set[str] = set()
-    for system, code, _ in codings(concept):
-        names |= by_code.get((system, code), _NO_NAMES)
-        if system == systems["ndc"]:
-            names |= by_code.get((system, code.replace("-", "")), _NO_NAMES)
-    text = concept_text(concept)
-    if text:
-        for name, fragments in protocol.medication_text_index:
-            if name not in names and any(fragment in text for fragment in fragments):
-                names.add(name)
-    return frozenset(names)
+    text = concept.get("text")
+    parts = [text] if text.__class__ is str else []
+    items = concept.get("coding")
+    if items.__class__ is list:
+        for coding in items:
+            if coding.__class__ is not dict:
+                continue
+            system, code, display = coding.get("system"), coding.get("code"), coding.get("display")
+            if system.__class__ is str and code.__class__ is str:
+                names |= by_code.get((system, code), _NO_NAMES)
+                if system == ndc:
+                    names |= by_code.get((system, code.replace("-", "")), _NO_NAMES)
+            if display.__class__ is str:
+                parts.append(display)
+    pattern, by_fragment = protocol.medication_text_pattern
+    if parts and pattern is not None:
+        for match in pattern.finditer(" ".join(parts).lower()):
+            names |= by_fragment[match.group(0)]
+    return frozenset(names) if names else _NO_NAMES
 
 
 def is_medication(resource: dict[str, Any], protocol: Protocol, name: str) -> bool:

@@ -162,21 +162,31 @@ def _draft_entries(draft_orders: Any) -> tuple[dict[str, Any], ...]:
 
 
 def raise_for_depth(body: Any, settings: Settings) -> None:
-    """400 when the request nests deeper than the limit where the service reads it.
+    """400 when the request's own structure (outside the FHIR resources it carries) nests beyond the limit.
 
-    The resources inside prefetch Bundles are not walked here (that would cost more than parsing them):
-    orjson refuses nesting beyond 1024 levels while parsing, and every resource the evaluator reads is
-    depth-checked before validation (`fhir_validation.validation_issues`); unread entries are never recursed.
+    The FHIR resources inside `context.draftOrders` and `prefetch` are not walked here (that would cost more
+    than parsing them): orjson refuses nesting beyond its own limits while parsing, and every resource the
+    service recurses into is depth-checked before it is validated (`fhir_validation`); the others are only
+    read with flat dict look-ups.
     """
     limit = settings.max_json_depth
     if not isinstance(body, dict):
         return
-    shallow = {k: v for k, v in body.items() if k != "prefetch"}
-    prefetch = body.get("prefetch")
-    if isinstance(prefetch, dict):
-        shallow["prefetch"] = {
-            key: ({k: v for k, v in value.items() if k != "entry"} if isinstance(value, dict) else value)
-            for key, value in prefetch.items()
+    shallow = {k: v for k, v in body.items() if k not in ("prefetch", "context")}
+    context = body.get("context")
+    if isinstance(context, dict):
+        draft_orders = context.get("draftOrders")
+        shallow["context"] = {
+            **context,
+            "draftOrders": (
+                {k: v for k, v in draft_orders.items() if k != "entry"}
+                if isinstance(draft_orders, dict)
+                else draft_orders
+            ),
         }
+    else:
+        shallow["context"] = context
+    prefetch = body.get("prefetch")
+    shallow["prefetch"] = list(prefetch) if isinstance(prefetch, dict) else prefetch
     if json_depth_exceeds(shallow, limit):
         raise ServiceError.single(400, f"The request nests JSON deeper than {limit} levels", code="too-costly")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -119,8 +120,16 @@ class Protocol:
         return {key: frozenset(names) for key, names in index.items()}
 
     @cached_property
-    def medication_text_index(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
-        return tuple((name, texts) for name, (_, _, texts) in self._medication_codes.items() if texts)
+    def medication_text_pattern(self) -> tuple[re.Pattern[str] | None, dict[str, frozenset[str]]]:
+        """One pattern finding any medication text fragment, and fragment -> the concepts it names."""
+        names: dict[str, set[str]] = {}
+        for name, (_, _, texts) in self._medication_codes.items():
+            for text in texts:
+                names.setdefault(text, set()).add(name)
+        if not names:
+            return None, {}
+        pattern = re.compile("|".join(re.escape(t) for t in sorted(names, key=len, reverse=True)))
+        return pattern, {t: frozenset(n) for t, n in names.items()}
 
 
 def load_protocol(path: Path) -> Protocol:
