@@ -109,9 +109,12 @@ def _serve(args: argparse.Namespace) -> int:
             self.cfg.set("threads", max(1, args.threads))
             self.cfg.set("timeout", args.timeout)
             self.cfg.set("graceful_timeout", 10)
-            self.cfg.set("accesslog", "-")
-            # Never log the Authorization header or query strings: the access log shows method, path, status, time.
-            self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms')
+            # The service logs one line per hook call itself (service, hookInstance, patient id, cards, time)
+            # and audits every response; gunicorn's access log is a second line per request, so it is opt-in.
+            if os.environ.get("CDS_ACCESS_LOG", "").strip().lower() in ("1", "true", "yes", "on"):
+                self.cfg.set("accesslog", "-")
+                # Never the Authorization header or query strings: method, path, status, size, time only.
+                self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms')
             self.cfg.set("forwarded_allow_ips", os.environ.get("CDS_FORWARDED_ALLOW_IPS", "127.0.0.1"))
             self.cfg.set("worker_exit", _flush_audit_on_exit)
             self.cfg.set("post_worker_init", _freeze_startup_heap)
