@@ -96,22 +96,6 @@ def _items(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _codings(concept: Any) -> list[tuple[str, str, str]]:
-    """`codes.codings` that tolerates a `coding` element of the wrong type."""
-    if not isinstance(concept, dict) or not isinstance(concept.get("coding") or [], list):
-        return []
-    return list(codings(concept))
-
-
-def _text(concept: Any) -> str:
-    """`codes.concept_text` that tolerates a `coding` element of the wrong type."""
-    if not isinstance(concept, dict):
-        return ""
-    if not isinstance(concept.get("coding") or [], list):
-        concept = {"text": concept.get("text")}
-    return concept_text(concept)
-
-
 def _reference(resource: dict[str, Any]) -> str:
     return f"{resource.get('resourceType', 'Resource')}/{resource.get('id', '?')}"
 
@@ -142,7 +126,7 @@ def _status(resource: dict[str, Any]) -> str:
 
 
 def _status_code(concept: Any) -> str | None:
-    for _, code, _ in _codings(concept):
+    for _, code, _ in codings(concept):
         if code:
             return code
     return None
@@ -245,7 +229,7 @@ def _absent_reason(obs: dict[str, Any]) -> str | None:
     reason = obs.get("dataAbsentReason")
     if reason is None:
         return None
-    text = _text(reason) or next((c for _, c, _ in _codings(reason) if c), "") or "no reason given"
+    text = concept_text(reason) or next((c for _, c, _ in codings(reason) if c), "") or "no reason given"
     return f"no value (data absent: {text})"
 
 
@@ -586,8 +570,8 @@ def _condition_views(conditions: Iterable[dict[str, Any]], protocol: Protocol) -
         abatement = parse_fhir_datetime(cond.get("abatementDateTime")) or (
             parse_fhir_datetime(period.get("end") or period.get("start")) if isinstance(period, dict) else None
         )
-        text = _text(cond.get("code"))
-        for system, code, display in _codings(cond.get("code")):
+        text = concept_text(cond.get("code"))
+        for system, code, display in codings(cond.get("code")):
             out.append(
                 _ConditionView(
                     resource=cond,
@@ -731,7 +715,7 @@ def _is_sclc(view: _ConditionView, protocol: Protocol) -> bool:
     if view.system == systems["icd10cm"] and any(
         view.code.upper().startswith(str(p).upper()) for p in conditions["sclc_icd10cm_prefixes"]
     ):
-        text = _text(view.resource.get("code"))
+        text = concept_text(view.resource.get("code"))
         if any(str(t).lower() in text for t in conditions.get("sclc_text_exclude", ())):
             return False  # "non-small cell", "NSCLC": contain the words but are not small cell lung cancer
         return any(str(t).lower() in text for t in conditions["sclc_text"])
@@ -756,7 +740,7 @@ def _unique(items: Iterable[CodedCondition]) -> tuple[CodedCondition, ...]:
 
 # --- pregnancy and breastfeeding ---------------------------------------------------------------------
 def _codes_of(*concepts: Any) -> set[str]:
-    return {code for concept in concepts for _, code, _ in _codings(concept) if code}
+    return {code for concept in concepts for _, code, _ in codings(concept) if code}
 
 
 def _hcg_reading(obs: dict[str, Any], protocol: Protocol) -> bool | None:
@@ -776,7 +760,7 @@ def _hcg_reading(obs: dict[str, Any], protocol: Protocol) -> bool | None:
             t
             for t in (
                 obs.get("valueString") if isinstance(obs.get("valueString"), str) else "",
-                _text(obs.get("valueCodeableConcept")),
+                concept_text(obs.get("valueCodeableConcept")),
             )
             if t
         ).lower()
@@ -911,7 +895,7 @@ def _breastfeeding(
                     "unusable",
                     "observations",
                     "Breastfeeding status could not be read: the answer "
-                    f"'{_text(obs.get('valueCodeableConcept')) or 'no text'}' has no code.",
+                    f"'{concept_text(obs.get('valueCodeableConcept')) or 'no text'}' has no code.",
                     reference,
                     "valueCodeableConcept",
                     affects="breastfeeding",
