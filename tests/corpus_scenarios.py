@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fhir_builders import (
     LOINC,
-    NDC,
     breastfeeding,
     condition,
     crs_condition,
@@ -72,7 +71,9 @@ def panel(prefix: str, when: str = LABS_DRAWN, **overrides: Any) -> list[dict[st
                     ]
                 }
             ],
-            "code": {"coding": [{"system": LOINC, "code": "57021-8", "display": "CBC W Auto Differential panel - Blood"}]},
+            "code": {
+                "coding": [{"system": LOINC, "code": "57021-8", "display": "CBC W Auto Differential panel - Blood"}]
+            },
             "subject": {"reference": "Patient/pt-sclc-001"},
             "effectiveDateTime": when,
             "issued": when,
@@ -223,7 +224,7 @@ def step_up_repeated() -> dict[str, Any]:
             dexamethasone_order("2026-11-21T09:00:00Z", oid="dexa-order-9"),
             saline_order("2026-11-21T11:00:00Z", oid="nacl-order-9"),
         ],
-        administrations=[tarla_administration("2026-11-14T09:00:00Z", 1, aid="adm-c1d1")] + platinum,
+        administrations=[tarla_administration("2026-11-14T09:00:00Z", 1, aid="adm-c1d1"), *platinum],
         observations=panel("lab9"),
         conditions=diagnoses,
         hook_instance=_hook_instance(9),

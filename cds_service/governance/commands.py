@@ -43,7 +43,9 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     rep.add_argument("--out", required=True, type=Path, help="the HTML file to write")
 
 
-def run_compare(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def run_compare(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
     from ..engine import Engine
     from .compare import CompareError, compare_requests, render_text, request_files
 
@@ -78,7 +80,8 @@ def run_compare(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO 
     return 1 if comparison.changed else 0
 
 
-def run_report(args: argparse.Namespace, err: TextIO = sys.stderr) -> int:
+def run_report(args: argparse.Namespace, err: TextIO | None = None) -> int:
+    err = err or sys.stderr
     from ..store import Store
     from .report import build_report, render_html
 

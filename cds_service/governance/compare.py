@@ -263,9 +263,12 @@ def _draft_order_ids(body: Any) -> frozenset[str]:
     ids = set()
     for entry in entries if isinstance(entries, list) else ():
         resource = entry.get("resource") if isinstance(entry, dict) else None
-        if isinstance(resource, dict) and resource.get("resourceType") == "MedicationRequest":
-            if isinstance(resource.get("id"), str):
-                ids.add(resource["id"])
+        if (
+            isinstance(resource, dict)
+            and resource.get("resourceType") == "MedicationRequest"
+            and isinstance(resource.get("id"), str)
+        ):
+            ids.add(resource["id"])
     return frozenset(ids)
 
 
@@ -372,9 +375,7 @@ def render_text(comparison: Comparison) -> str:
             continue
         lines.append(f"{result.file} ({result.service_id})")
         if result.status_changed:
-            lines.append(
-                f"  ! answer {_status(result.current)} -> {_status(result.candidate)}"
-            )
+            lines.append(f"  ! answer {_status(result.current)} -> {_status(result.candidate)}")
         for change in result.changes:
             lines.extend(_change_lines(change))
         lines.append("")
@@ -384,13 +385,12 @@ def render_text(comparison: Comparison) -> str:
         lines.append("By rule:")
         lines.append(f"  {'rule':<{width}}  appears  disappears  changes  requests")
         for rule, t in tallies.items():
-            lines.append(
-                f"  {rule:<{width}}  {t.appears:>7}  {t.disappears:>10}  {t.changes:>7}  {len(t.requests):>8}"
-            )
+            lines.append(f"  {rule:<{width}}  {t.appears:>7}  {t.disappears:>10}  {t.changes:>7}  {len(t.requests):>8}")
         lines.append("")
     changed = sum(1 for r in c.results if r.changed)
     if changed:
-        totals = {kind: sum(getattr(t, kind) for t in tallies.values()) for kind in ("appears", "disappears", "changes")}
+        kinds = ("appears", "disappears", "changes")
+        totals = {kind: sum(getattr(t, kind) for t in tallies.values()) for kind in kinds}
         lines.append(
             f"{changed} of {len(c.results)} request(s) answered differently: {totals['appears']} card(s) appear, "
             f"{totals['disappears']} disappear, {totals['changes']} change."
@@ -429,12 +429,12 @@ def _change_lines(change: CardChange) -> list[str]:
         after = "; ".join(orjson.loads(s)["label"] for s in new.suggestions) or "none"
         lines.append(f"      suggestions: {before}")
         lines.append(f"                -> {after}")
-    if "detail" in change.fields:
+    if "detail" in change.fields and "summary" not in change.fields:
         lines.extend(f"      detail: {line}" for line in _detail_diff(old.detail, new.detail))
     return lines
 
 
-def _detail_diff(old: str, new: str, limit: int = 6) -> list[str]:
+def _detail_diff(old: str, new: str, limit: int = 4) -> list[str]:
     """The lines of a card detail that differ, as - / + lines (at most `limit`)."""
     out = [
         line
