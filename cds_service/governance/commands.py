@@ -93,6 +93,7 @@ def run_report(args: argparse.Namespace, err: TextIO | None = None) -> int:
     settings = Settings.from_env()
     store = Store(settings.effective_database_url)
     try:
+        store.create_schema()  # as the service does on start: an empty store, or one to migrate
         report = build_report(store.engine, since=since, generated_at=datetime.now(UTC))
     except Exception as exc:
         print(f"cds-service report: the store could not be read ({_reason(exc)})", file=err)
