@@ -363,10 +363,10 @@ def _display_path(path: Path, base: Path | None) -> str:
 def render_text(comparison: Comparison) -> str:
     c = comparison
     lines = [
-        f"current:   protocol {c.current_version} ({c.current_source['protocolFile']}, "
-        f"cards {c.current_source['cardsDir']})",
-        f"candidate: protocol {c.candidate_version} ({c.candidate_source['protocolFile']}, "
-        f"cards {c.candidate_source['cardsDir']})",
+        f"current:   protocol {c.current_version} ({c.current_source['protocolFile']}; "
+        f"card wording {c.current_source['cardsDir']}/)",
+        f"candidate: protocol {c.candidate_version} ({c.candidate_source['protocolFile']}; "
+        f"card wording {c.candidate_source['cardsDir']}/)",
         f"evaluated at {c.now.isoformat().replace('+00:00', 'Z')}; {len(c.results)} request(s) replayed",
         "",
     ]
