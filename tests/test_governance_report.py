@@ -7,6 +7,7 @@ of the report is checked against counts computed here directly from the store wi
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -306,3 +307,41 @@ def test_report_renders_in_headless_chromium(make_app: Callable[..., Any], tmp_p
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a rendered page, not a blank one
     if os.environ.get("CDS_UPDATE_REPORT_SCREENSHOT"):
         (REPO_ROOT / "docs" / "report-screenshot.png").write_bytes(data)
+
+
+def test_the_audit_records_errors_before_and_during_evaluation_and_the_protocol_version(
+    make_app: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app()
+    engine = app.extensions["cds_engine"]
+    url = "/cds-services/tarlatamab-order-sign"
+    with app.test_client() as client:
+        assert client.post(url, data=b"not json", content_type="text/plain").status_code == 415
+        body = {"hook": "order-sign", "hookInstance": "d2b0a3c4-0000-4000-8000-0000000000aa", "context": {}}
+
+        def broken(*_args: Any, **_kwargs: Any) -> Any:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(engine, "handle", broken)
+        assert client.post(url, json=body).status_code == 500
+    assert app.extensions["cds_audit_writer"].flush()
+    rows = app.extensions["cds_store"].audit_log()
+    assert [(r["hook_instance"], r["status"]) for r in rows] == [("", 415), (body["hookInstance"], 500)]
+    assert {r["protocol_version"] for r in rows} == {engine.protocol.version}
+
+
+def test_audited_cards_name_their_suggestions_for_the_feedback_join(make_app: Callable[..., Any]) -> None:
+    app = make_app()
+    body = json.loads((REPO_ROOT / "fixtures" / "requests" / "clinical-neutropenia-hold.json").read_text())
+    with app.test_client() as client:
+        cards = client.post("/cds-services/tarlatamab-order-sign", json=body).get_json()["cards"]
+    assert app.extensions["cds_audit_writer"].flush()
+    (row,) = app.extensions["cds_store"].audit_log()
+    audited = {c["uuid"]: c for c in json.loads(row["cards"])}
+    assert set(audited) == {c["uuid"] for c in cards}
+    for card in cards:
+        offered = [s["uuid"] for s in card.get("suggestions", [])]
+        assert [s["uuid"] for s in audited[card["uuid"]]["suggestions"]] == offered
+    actions = {s["action"] for c in audited.values() for s in c["suggestions"]}
+    assert "delete MedicationRequest" in actions  # the hold offers to cancel the draft
+    assert row["protocol_version"] == app.extensions["cds_engine"].protocol.version
