@@ -340,3 +340,65 @@ def test_errors_exit_2_with_one_line(
     assert out == ""
     assert expected in err
     assert len(err.strip().splitlines()) == 1, err
+
+
+# --- card identity ------------------------------------------------------------------------------------------
+def _card(summary: str, order: str | None, indicator: str = "critical") -> dict[str, Any]:
+    card: dict[str, Any] = {"uuid": f"uuid-{summary}", "summary": summary, "indicator": indicator, "detail": "d",
+                            "source": {"topic": {"code": "lab-hold"}}}  # fmt: skip
+    if order is not None:
+        card["suggestions"] = [
+            {"label": "Cancel", "uuid": f"s-{summary}", "actions": [{"type": "delete", "resourceId": f"MedicationRequest/{order}"}]}
+        ]  # fmt: skip
+    return card
+
+
+def test_cards_are_matched_by_rule_and_order_not_by_uuid_or_position() -> None:
+    from cds_service.governance.compare import card_views, diff_cards
+
+    drafts = frozenset({"order-a", "order-b"})
+    before = card_views(
+        [_card("A held", "order-a"), _card("B held", "order-b"), _card("advice", None, "info")],
+        ["lab-hold.anc", "lab-hold.anc", "crs.electrolytes"],
+        drafts,
+        "1.0",
+    )
+    # The candidate no longer holds order A; order B's card moved up and got new uuids; the advice is unchanged.
+    after_cards = [_card("B held", "order-b"), _card("advice", None, "info")]
+    for card in after_cards:
+        card["uuid"] = "new-" + card["uuid"]
+    after = card_views(after_cards, ["lab-hold.anc", "crs.electrolytes"], drafts, "1.1")
+    changes = diff_cards(before, after)
+    assert [(c.kind, c.rule_id, c.order) for c in changes] == [("disappears", "lab-hold.anc", "order-a")]
+
+
+def test_the_version_quoted_in_a_detail_is_no_change_but_other_numbers_are() -> None:
+    from cds_service.governance.compare import card_views, diff_cards
+
+    def views(detail: str, version: str) -> Any:
+        card = {**_card("x", None), "detail": detail}
+        return card_views([card], ["crs.active"], frozenset(), version)
+
+    assert (
+        diff_cards(
+            views("rule (version 2026.11.3): 22 h", "2026.11.3"), views("rule (version 2026.12.0): 22 h", "2026.12.0")
+        )
+        == ()
+    )
+    (change,) = diff_cards(views("version 2026.11.3: 22 h", "2026.11.3"), views("version 2026.11: 20 h", "2026.11"))
+    assert change.fields == ("detail",)
+
+
+def test_requests_answered_with_an_error_are_compared_by_status(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = json.loads((REPO_ROOT / "fixtures" / "requests" / "schedule-c1d1.json").read_text(encoding="utf-8"))
+    del body["context"]["draftOrders"]["entry"][0]["resource"]["id"]
+    request = tmp_path / "no-id.json"
+    request.write_text(json.dumps(body), encoding="utf-8")
+    same = tmp_path / "same.yaml"
+    same.write_bytes(PROTOCOL.read_bytes())
+    code, out, err = run(capsys, "--protocol", str(same), "--now", NOW, "--json", str(request))
+    assert code == 0, err
+    (result,) = json.loads(out)["results"]
+    assert result["status"] == {"current": 400, "candidate": 400} and result["changed"] is False
