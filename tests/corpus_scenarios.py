@@ -328,6 +328,12 @@ def too_early() -> dict[str, Any]:
     return maintenance(28, order=order, observations=panel("lab28", when="2026-11-16T07:30:00-05:00"))
 
 
+def monitoring_escalated() -> dict[str, Any]:
+    # Grade 2 CRS after C1D15, resolved before C2D1: C2D1 needs 22-24 h monitoring instead of 6-8 h (not held).
+    crs = crs_condition(2, "2026-11-07T20:00:00Z", abatement="2026-11-09T08:00:00Z", cid="cond-crs-g2-resolved")
+    return maintenance(30, conditions=[crs])
+
+
 def organ_function_hepatic() -> dict[str, Any]:
     # Bilirubin 2.0 x ULN: moderate hepatic impairment, below every hold threshold.
     return maintenance(29, observations=panel("lab29", bilirubin=2.4))
@@ -343,7 +349,7 @@ SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
     "dose-invalid-amount-5mg": invalid_amount,
     "dose-restart-after-crs-grade3": restart_after_crs_grade3,
     "dose-step-up-repeated-c1d8": step_up_repeated,
-    "eligibility-age-17": under_18,
+    "eligibility-under-18": under_18,
     "eligibility-no-indication": no_indication,
     "hydration-saline-500ml": saline_volume,
     "premedication-dexamethasone-4mg": dexamethasone_dose,
@@ -360,6 +366,7 @@ SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
     "neurotox-icans-grade4-history": icans_grade4,
     "organ-function-renal": renal_impairment,
     "organ-function-hepatic": organ_function_hepatic,
+    "monitoring-escalated-after-crs-grade2": monitoring_escalated,
     "pregnancy-contraception-c1d1": contraception_c1d1,
     "pregnancy-status-unknown": pregnancy_status_unknown,
     "schedule-too-early": too_early,

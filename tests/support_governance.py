@@ -14,7 +14,6 @@ from typing import Any
 from cds_service.settings import REPO_ROOT
 
 CORPUS_DIRS = (REPO_ROOT / "fixtures" / "requests", REPO_ROOT / "fixtures" / "corpus")
-CANDIDATE = REPO_ROOT / "docs" / "examples" / "candidate-monitoring-c1d1-c1d8.yaml"
 SERVICE_OF_HOOK = {
     "order-sign": "tarlatamab-order-sign",
     "order-select": "tarlatamab-order-select",
@@ -98,11 +97,13 @@ def post_errors(client: Any, filled: Filled) -> None:
         filled.errors[status] = filled.errors.get(status, 0) + 1
 
 
-def fill_store(make_app: Callable[..., Any], database_url: str, rounds: int = 1, seed: int = 12) -> Filled:
-    """Replay the corpus under the current protocol and under the candidate (another version), with feedback."""
+def fill_store(
+    make_app: Callable[..., Any], database_url: str, candidate: Path, rounds: int = 1, seed: int = 12
+) -> Filled:
+    """Replay the corpus under the current protocol and under `candidate` (another version), with feedback."""
     rng = random.Random(seed)
     filled = Filled()
-    for version_index, protocol_file in enumerate((None, CANDIDATE)):
+    for version_index, protocol_file in enumerate((None, candidate)):
         overrides: dict[str, Any] = {"database_url": database_url}
         if protocol_file is not None:
             overrides["protocol_file"] = Path(protocol_file)

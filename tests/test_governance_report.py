@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 from conftest import postgres_url
+from governance_example import write_candidate
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from support_governance import CANDIDATE, COMMENT_SENTINEL, fill_store
+from support_governance import COMMENT_SENTINEL, fill_store
 
 from cds_service.cli import main
 from cds_service.governance.report import build_report, percentile, week_of
@@ -155,7 +156,8 @@ def sql_figures(url: str) -> dict[str, Any]:
 def test_report_figures_match_the_store(
     database_url: str, make_app: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    filled = fill_store(make_app, database_url)
+    candidate = write_candidate(tmp_path / "candidate.yaml")
+    filled = fill_store(make_app, database_url, candidate)
     sql = sql_figures(database_url)
     assert sql["requests"] == filled.responses + sum(filled.errors.values())
     assert sql["cards"] == filled.cards
@@ -171,7 +173,7 @@ def test_report_figures_match_the_store(
     assert dict(report.cards_by_version_rule) == sql["by_version_rule"]
     assert dict(report.requests_by_version) == sql["requests_by_version"]
     current = load_protocol(REPO_ROOT / "protocol" / "tarlatamab.yaml").version
-    assert set(report.requests_by_version) == {current, load_protocol(CANDIDATE).version}
+    assert set(report.requests_by_version) == {current, load_protocol(candidate).version}
     assert dict(report.errors_by_service_status) == sql["errors"]
     assert sorted(status for _, status in report.errors_by_service_status.elements()) == sorted(
         Counter(filled.errors).elements()
@@ -216,7 +218,7 @@ def test_report_figures_match_the_store(
 
 def test_since_leaves_out_earlier_rows(make_app: Callable[..., Any], tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'since.sqlite3'}"
-    fill_store(make_app, url)
+    fill_store(make_app, url, write_candidate(tmp_path / "candidate.yaml"))
     engine = create_engine(url)
     with engine.begin() as conn:  # move a third of the rows five weeks back, as if written then
         conn.execute(text("update cds_audit_log set at = datetime(at, '-35 days') where id % 3 = 0"))
@@ -280,7 +282,7 @@ def _chromium() -> str | None:
 @pytest.mark.skipif(_chromium() is None, reason="headless Chromium is not installed (apt-get install -y chromium)")
 def test_report_renders_in_headless_chromium(make_app: Callable[..., Any], tmp_path: Path, monkeypatch: Any) -> None:
     url = f"sqlite:///{tmp_path / 'chromium.sqlite3'}"
-    fill_store(make_app, url, rounds=2)
+    fill_store(make_app, url, write_candidate(tmp_path / "candidate.yaml"), rounds=2)
     engine = create_engine(url)
     with engine.begin() as conn:  # spread the rows over four weeks, so that the weekly charts have columns
         conn.execute(text("update cds_audit_log set at = datetime(at, '-' || (7 * (id % 4)) || ' days')"))

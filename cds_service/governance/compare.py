@@ -252,7 +252,8 @@ def _mask_version(text: str, version: str) -> str:
     """The detail with the protocol version it quotes masked (a new version number alone is no change)."""
     if not version:
         return text
-    return re.sub(rf"(?<![\w.]){re.escape(version)}(?!\w|\.\w)", _VERSION_MARK, text)
+    # Bounded by anything but digits and dots, so "version 2026.11.3" and "v2026.11.3" are masked, 2026.11.30 is not.
+    return re.sub(rf"(?<![\d.]){re.escape(version)}(?!\d|\.\d)", _VERSION_MARK, text)
 
 
 def _draft_order_ids(body: Any) -> frozenset[str]:
