@@ -1,4 +1,5 @@
-"""`cds-service`: serve (gunicorn), replay request files, print the protocol's rule catalogue."""
+"""`cds-service`: serve (gunicorn), replay request files, print the protocol's rule catalogue, compare a
+candidate protocol, write the alert report."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import orjson
 
 from .errors import ServiceError
+from .governance.commands import add_compare_parser, add_report_parser, run_compare, run_report
 from .hook_request import raise_for_depth
 from .protocol import ProtocolError
 from .services import SERVICES, SERVICES_BY_ID
@@ -43,7 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         "--markdown", action="store_true", help="the pharmacist-facing document (docs/protocol-rules.md)"
     )
 
+    add_compare_parser(sub)
+    add_report_parser(sub)
+
     args = parser.parse_args(argv)
+    if args.command == "compare":
+        return run_compare(args)
+    if args.command == "report":
+        return run_report(args)
     try:
         if args.command == "serve":
             return _serve(args)
