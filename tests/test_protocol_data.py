@@ -133,9 +133,11 @@ def test_card_names_rule_source_and_protocol_version(protocol: Protocol) -> None
     builder = SuggestionBuilder(protocol, patient_id="p", hook_instance="h", draft_orders={})
     finding = Finding(rule_id="infection.active", values={"conditions": "pneumonia"})
     [(_, card)] = renderer.render([finding], hook="order-sign", hook_instance="h", suggestion_builder=builder)
-    assert "`infection.active`" in card["detail"]
-    assert protocol.version in card["detail"]
-    assert "[B]" in card["detail"]
+    # The source a clinician can follow: the institutional protocol version and rule (infection is the site's
+    # decision, not a label section), and the rule's anchor on the protocol page.
+    assert f"institutional protocol v{protocol.version}, rule infection.active" in card["detail"]
+    assert card["source"]["url"] == "http://localhost/protocol#rule-infection.active"
+    assert "infection.active" in card["source"]["label"]
     assert card["source"]["topic"] == {
         "system": "urn:tarlatamab-cds:card-topic",
         "code": "infection",

@@ -37,7 +37,7 @@ def call_service(service_id: str) -> Response:
     issuer = client.issuer if client is not None else None
     started = time.perf_counter()
     try:
-        outcome = engine.handle(service_id, body, allowed_fhir_servers=allowed)
+        outcome = engine.handle(service_id, body, allowed_fhir_servers=allowed, base_url=request.host_url)
     except ServiceError as error:
         _audit_error(service_id, body, error, (time.perf_counter() - started) * 1000, issuer)
         raise
