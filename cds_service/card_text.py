@@ -26,9 +26,9 @@ MAX_VALUE_CHARS = 200
 _UNIT_REWRITES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(pattern), replacement)
     for pattern, replacement in (
-        (r"(?:(?<![\w.])[x×]\s?)?(?<![\w.])10\s?[*^]\s?9\s?/\s?L\b", "×10⁹/L"),
-        (r"(?:(?<![\w.])[x×]\s?)?(?<![\w.])10\s?[*^]\s?3\s?/\s?(?:uL|µL|μL)(?![\w])", "×10³/µL"),
-        (r"(?:(?<![\w.])[x×]\s?)?(?<![\w.])10\s?[*^]\s?3\s?/\s?mm3\b", "×10³/mm³"),
+        (r"(?<![\w.])(?:[x×]\s?)?10\s?[*^]\s?9\s?/\s?L\b", "×10⁹/L"),
+        (r"(?<![\w.])(?:[x×]\s?)?10\s?[*^]\s?3\s?/\s?(?:uL|µL|μL)(?![\w])", "×10³/µL"),
+        (r"(?<![\w.])(?:[x×]\s?)?10\s?[*^]\s?3\s?/\s?mm3\b", "×10³/mm³"),
         (r"(?<![\w/])[Kk]/uL\b", "×10³/µL"),
         (r"\{1\.73_m2\}|1\.73\s?m2\b", "1.73 m²"),
         (r"/mm3\b", "/mm³"),
@@ -70,7 +70,7 @@ def escape_markdown(text: str) -> str:
     """`text` as literal characters in CommonMark/GFM: no link, image, emphasis, heading, HTML or autolink."""
     text = _MARKDOWN_SPECIAL.sub(r"\\\1", text)
     text = _BARE_LINK.sub(lambda m: f"{m.group(1) or m.group(3)}\\{m.group(2) or m.group(4)}", text)
-    return _BLOCK_START.sub(r"\\\1", text)
+    return _BLOCK_START.sub(lambda m: m.group(1)[:-1] + "\\" + m.group(1)[-1], text)
 
 
 def safe_value(value: Any, limit: int = MAX_VALUE_CHARS) -> Any:

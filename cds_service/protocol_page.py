@@ -14,7 +14,7 @@ from typing import Any
 from markdown_it import MarkdownIt
 
 from .card_text import TemplateData
-from .cards import CardTexts, fill
+from .cards import CardTexts
 from .protocol import Protocol, RuleDef
 
 _ROLE_TEXT = {
@@ -52,7 +52,7 @@ class _Placeholders(dict[str, Any]):
 
 def _example(template: str, protocol: Protocol) -> str:
     try:
-        return fill(template, _Placeholders(p=TemplateData(protocol.data)))
+        return template.format_map(_Placeholders(p=TemplateData(protocol.data))).strip()
     except (KeyError, IndexError, ValueError):
         return template
 
