@@ -325,3 +325,22 @@ def test_source_url_follows_the_public_base_url(make_app: Any) -> None:
     with app.test_client() as c:
         (card,) = post(c, ORDER_SIGN, body)
     assert card["source"]["url"] == "https://cds.example.org/tarlatamab/protocol#rule-monitoring.schedule"
+
+
+@pytest.mark.parametrize("hook", ["order-sign", "order-select"])
+def test_escalated_monitoring_makes_the_plan_card_a_warning_in_both_hooks(client: Any, hook: str) -> None:
+    """Grade 2 CRS (resolved) after the last dose: C3D1 needs 22-24 h instead of 3-4 h. The plan card is a
+    warning, shown while composing too, and still the order's only card."""
+    from fhir_builders import crs_condition
+    from test_compliant_orders import compliant_request
+
+    body = compliant_request("C3D1", hook)
+    body["prefetch"]["conditions"]["entry"].append(
+        {"resource": crs_condition(2, "2026-11-08T20:00:00Z", abatement="2026-11-10T08:00:00Z", cid="crs-g2")}
+    )
+    (plan,) = post(client, ORDER_SIGN if hook == "order-sign" else ORDER_SELECT, body)
+    assert plan["indicator"] == "warning" and plan["source"]["topic"]["code"] == "monitoring"
+    assert plan["source"]["url"].endswith("#rule-monitoring.escalated")
+    assert "extended 22-24 h monitoring after Grade 2" in plan["summary"]
+    assert "instead of the observation for 3-4 hours" in plan["detail"] and "250 mL/h" in plan["detail"]
+    assert plan["overrideReasons"]
