@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from .units import format_number
@@ -81,7 +82,18 @@ def safe_value(value: Any, limit: int = MAX_VALUE_CHARS) -> Any:
         return format_number(value)
     if isinstance(value, int):
         return value
-    return escape_markdown(clinical_units(plain(str(value), limit)))
+    text = str(value)
+    if len(text) <= _CACHED_MAX:  # dates, positions, units and labels repeat across cards and requests
+        return _safe_text(text, limit)
+    return escape_markdown(clinical_units(plain(text, limit)))
+
+
+_CACHED_MAX = 256
+
+
+@lru_cache(maxsize=8192)
+def _safe_text(text: str, limit: int) -> str:
+    return escape_markdown(clinical_units(plain(text, limit)))
 
 
 class TemplateData(Mapping[str, Any]):
