@@ -236,6 +236,7 @@ def test_markdown_in_every_echoed_record_field_is_escaped(client: Any) -> None:
     dexamethasone["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["unit"] = MARKDOWN
     del dexamethasone["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["code"]
     dexamethasone["medicationCodeableConcept"]["text"] = "dexamethasone " + MARKDOWN
+    dexamethasone["id"] = "dexa_[x](https://evil.example/id)"
     tarla = tarlatamab_order("2026-11-21T10:00:00Z", 10, unit="{pill}", oid="order-md")
     tarla["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["unit"] = HEADING + " " + MARKDOWN
     del tarla["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["code"]
@@ -252,7 +253,8 @@ def test_markdown_in_every_echoed_record_field_is_escaped(client: Any) -> None:
     topics = {c["source"]["topic"]["code"]: c for c in cards}
     assert {"infection", "dose", "premedication", "data-quality", "monitoring"} <= set(topics), topics
     assert "Dose approved by pharmacy" in topics["dose"]["detail"]  # the tarlatamab dose unit
-    assert "evil" in topics["premedication"]["detail"]  # the dexamethasone dose unit
+    assert "evil.example/x" in topics["premedication"]["detail"]  # the dexamethasone dose unit
+    assert "evil.example/id" in topics["premedication"]["detail"]  # the dexamethasone order's id
     assert "Dose approved by pharmacy" in topics["infection"]["detail"]  # the condition text
     assert "Observation/plt" in topics["data-quality"]["detail"]  # an id that is not a FHIR id
     # ... and renders as text, not as a link, image, heading, emphasis or HTML.
