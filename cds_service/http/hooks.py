@@ -38,7 +38,7 @@ def call_service(service_id: str) -> Response:
     body: Any = None
     try:
         body = read_json_body(request)
-        outcome = engine.handle(service_id, body, allowed_fhir_servers=allowed)
+        outcome = engine.handle(service_id, body, allowed_fhir_servers=allowed, base_url=request.host_url)
     except ServiceError as error:
         _audit_error(service_id, body, error.status, (time.perf_counter() - started) * 1000, issuer)
         raise
