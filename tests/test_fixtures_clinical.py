@@ -180,7 +180,7 @@ EXPECTED: dict[str, list[tuple[str, str, str]]] = {
     ],
     "clinical-crs-grade2-active": [
         ("crs", "critical", "Grade 2 CRS since 2026-11-19"),
-        ("labs-missing", "warning", "sodium, potassium, uric acid"),
+        # 13.8: the electrolytes are an info line of the CRS card, not a separate labs warning
         ("crs", "info", "check sodium, potassium and uric acid"),
     ],
     "clinical-icans-grade3-resolved": [("neurotoxicity", "critical", "neurology clearance")],
@@ -362,7 +362,8 @@ def test_neurotoxicity_not_improved_and_unknown_resolution(client: Any) -> None:
         client,
         maintenance_request("5b0f8a4e-0c1d-4e55-9a1e-0000000000a4", panel("2026-11-20T07:30:00Z", "lab"), [icans]),
     )
-    assert has(cards, "neurotoxicity", "critical", "resolved, date unknown: confirm timing and neurology clearance")
+    # Section 12: a Condition recorded resolved without abatement resolved at its recordedDate, else its onset.
+    assert has(cards, "neurotoxicity", "critical", "resolved: resume only after neurology clearance")
 
 
 def test_unusable_data_is_reported_never_read_as_normal(client: Any) -> None:
