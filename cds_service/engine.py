@@ -226,7 +226,8 @@ class Engine:
         client = self._fhir_client(request, allowed_fhir_servers)
         gathered = gather(request, self.templates, self.settings, client)
         medications += self._fetch_medications(request, gathered, medications, client)
-        if service.evaluates_orders and not self._tarlatamab_drafts(request, medications):
+        only_identity = service.evaluates_orders and not self._tarlatamab_drafts(request, medications)
+        if only_identity and not self._unidentified_drafts(request, medications):
             outcome.evaluation_ms = (time.perf_counter() - started) * 1000
             outcome.data_origin = dict(gathered.origin)
             return outcome
@@ -250,7 +251,11 @@ class Engine:
             medications=medications,
         )
         ctx = EvaluationContext(hook=service.hook, now=evaluation_time, local_today=facts.today)
-        if service.evaluates_orders:
+        if only_identity:
+            # No draft is recognisably tarlatamab, but one cannot be identified at all: say so (section 12).
+            identity = replace(facts, issues=tuple(i for i in facts.issues if i.affects == "medication identity"))
+            findings = data_quality.check_data_quality(identity, self.protocol, ctx)
+        elif service.evaluates_orders:
             findings = evaluate_orders(facts, self.protocol, ctx)
         else:
             findings = evaluate_patient_view(facts, self.protocol, ctx)
@@ -283,9 +288,16 @@ class Engine:
                 continue
             if is_medication(resource, self.protocol, "tarlatamab", catalog):
                 return True
-            if medication_concept(resource, catalog) is None and unresolved_reference(resource, catalog):
-                return True
+            if medication_concept(resource, catalog) is None:
+                return True  # a reference to fetch, or a medication that cannot be identified at all
         return False
+
+    def _unidentified_drafts(self, request: HookRequest, medications: list[dict[str, Any]]) -> bool:
+        catalog = build_catalog(medications)
+        return any(
+            resource.get("resourceType") == "MedicationRequest" and medication_concept(resource, catalog) is None
+            for resource in request.draft_entries
+        )
 
     def _tarlatamab_drafts(self, request: HookRequest, medications: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The draft tarlatamab MedicationRequests of the request (selected ones at order-select).

@@ -566,3 +566,20 @@ def test_new_rules_have_protocol_entries_and_wording(protocol: Protocol) -> None
     for rule_id in _iter_rules():
         rule = protocol.rule(rule_id)
         assert rule.citation and rule.sources and rule.topic and rule.indicator
+
+
+def test_12_an_unidentifiable_draft_alone_still_gets_a_data_quality_warning(engine: Engine) -> None:
+    unknown = {
+        "resourceType": "MedicationRequest",
+        "id": "order-unknown",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": "Patient/pt-sclc-001"},
+        "medicationReference": {"reference": "#med-missing"},
+    }
+    found = cards(engine, request(drafts=[unknown]))
+    assert topics(found) == [("data-quality", "warning")]
+    assert "MedicationRequest/order-unknown" in found[0]["detail"]
+    oral = {**unknown, "medicationCodeableConcept": {"text": "amoxicillin 500 mg capsule"}}
+    del oral["medicationReference"]
+    assert cards(engine, request(drafts=[oral])) == []  # identified, not tarlatamab: no card
