@@ -157,10 +157,10 @@ def test_data_absent_reason_is_unusable(protocol: Protocol) -> None:
 
 
 def test_invalid_fhir_result_is_unusable_naming_the_element(protocol: Protocol) -> None:
-    obs = lab("anc", 2.0, "2026-11-20T08:00:00Z", oid="anc-invalid")
-    obs["referenceRange"] = {"high": {"value": 7.7}}  # must be a list: an element the rules read
+    obs = lab("alt", 30, "2026-11-20T08:00:00Z", oid="anc-invalid")
+    obs["referenceRange"] = {"high": {"value": 40}}  # must be a list: the ALT rules read the ULN from it
     facts = build(protocol, [obs])
-    result = facts.labs["anc"][0]
+    result = facts.labs["alt"][0]
     assert not result.usable and "invalid FHIR" in (result.problem or "")
     issue = next(i for i in facts.issues if i.reference == "Observation/anc-invalid")
     assert issue.element is not None and "referenceRange" in issue.element

@@ -202,3 +202,26 @@ def test_condition_resolved_without_abatement_at_recorded_date_else_onset() -> N
     active = condition_status({"clinicalStatus": {"coding": [{"code": "relapse"}]}}, ["active", "relapse"])
     assert active.active and active.resolved is None
     assert NOW.tzinfo is not None
+
+
+# --- shape of the code -------------------------------------------------------------------------------
+def _imports(package: str) -> set[str]:
+    import ast
+
+    from cds_service.settings import REPO_ROOT
+
+    found: set[str] = set()
+    for path in (REPO_ROOT / "cds_service" / package).glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module is not None:
+                found.add(("." * node.level) + node.module)
+            elif isinstance(node, ast.ImportFrom):
+                found.update("." * node.level + alias.name for alias in node.names)
+    return found
+
+
+def test_arrows_run_one_way_reading_then_facts_then_rules() -> None:
+    facts = _imports("facts")
+    reading = _imports("reading")
+    assert not [m for m in facts if "rules" in m], facts  # facts never call rule modules
+    assert not [m for m in reading if "rules" in m or "facts" in m], reading

@@ -583,3 +583,17 @@ def test_12_an_unidentifiable_draft_alone_still_gets_a_data_quality_warning(engi
     oral = {**unknown, "medicationCodeableConcept": {"text": "amoxicillin 500 mg capsule"}}
     del oral["medicationReference"]
     assert cards(engine, request(drafts=[oral])) == []  # identified, not tarlatamab: no card
+
+
+def test_12_a_malformed_element_the_anc_hold_never_reads_keeps_the_hold_in_patient_view(engine: Engine) -> None:
+    low = lab("anc", 0.4, "2026-11-21T07:00:00Z", oid="anc-low")
+    low["referenceRange"] = {"low": {"value": 1.8}}  # an object, not a list: the ANC threshold is absolute
+    low["interpretation"] = {"text": "L"}
+    body = request(hook="patient-view", administrations=C1D1_GIVEN, observations=[*normal_labs(DRAWN), low])
+    (summary,) = [c for c in cards(engine, body, VIEW) if c["source"]["topic"]["code"] == "summary"]
+    assert summary["indicator"] == "critical" and "ANC" in summary["detail"]
+    alt = lab("alt", 90, DRAWN, oid="alt-odd")
+    alt["referenceRange"] = {"high": {"value": 20}}  # the ULN is read for ALT: unusable, reported
+    found = cards(engine, request(administrations=C1D1_GIVEN,
+                                  observations=[o for o in normal_labs(DRAWN) if o["code"]["coding"][0]["code"] != "1742-6"] + [alt]))  # fmt: skip
+    assert any("Observation/alt-odd" in c["detail"] for c in found if c["source"]["topic"]["code"] == "data-quality")

@@ -137,6 +137,13 @@ def _lab_issue(result: LabResult, element: str) -> DataIssue:
     )
 
 
+def read_elements(analyte: str, protocol: Protocol) -> frozenset[str]:
+    """The Observation elements read for an analyte: the reference range only where a ULN is used."""
+    if analyte in protocol.section("labs")["uln_defaults"]:
+        return obs_reading.READ_ELEMENTS
+    return obs_reading.READ_ELEMENTS - {"referenceRange", "interpretation"}
+
+
 def lab_series(
     observations: list[dict[str, Any]], analyte: str, protocol: Protocol, now: datetime, issues: list[DataIssue]
 ) -> tuple[LabResult, ...]:
@@ -172,7 +179,7 @@ def lab_series(
             read += 1
             element = _problem_element(result, obs)
             if result.problem is None:
-                invalid = first_problem(obs_reading.without_view_keys(obs), obs_reading.READ_ELEMENTS)
+                invalid = first_problem(obs_reading.without_view_keys(obs), read_elements(analyte, protocol))
                 if invalid is not None:
                     element, message = invalid
                     result = replace(

@@ -33,7 +33,7 @@ _PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%")
 
 # The elements of a draft tarlatamab order the checks read; a problem anywhere else is ignored.
 DRAFT_READ_ELEMENTS = frozenset(
-    {"resourceType", "id", "status", "medicationCodeableConcept", "medicationReference", "dosageInstruction"}
+    {"resourceType", "id", "medicationCodeableConcept", "medicationReference", "contained", "dosageInstruction"}
 )
 
 PlannedSource = Literal["timing.event", "timing.repeat.boundsPeriod.start", "evaluation time"]

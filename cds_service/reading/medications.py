@@ -7,6 +7,7 @@ those, the reference's display text. Spec/protocol.md section 12, "Medication id
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,14 +30,21 @@ def medication_reference(resource: Mapping[str, Any]) -> str | None:
     return target.strip() if isinstance(target, str) and target.strip() else None
 
 
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+
 def catalog_key(reference: str) -> str | None:
-    """`Medication/<id>` of a relative or absolute reference (None for contained or other types)."""
-    parts = reference.rstrip("/").split("/")
-    if len(parts) >= 2 and parts[-2] == "Medication" and parts[-1]:
-        return f"Medication/{parts[-1]}"
-    if len(parts) >= 4 and parts[-4] == "Medication" and parts[-2] == "_history":
-        return f"Medication/{parts[-3]}"
-    return None
+    """`Medication/<id>` of a relative or absolute reference (None for contained, other types, or an id that
+    is not a FHIR id: only such keys are ever fetched)."""
+    parts = reference.split("?", 1)[0].split("#", 1)[0].rstrip("/").split("/")
+    rid = None
+    if len(parts) >= 2 and parts[-2] == "Medication":
+        rid = parts[-1]
+    elif len(parts) >= 4 and parts[-4] == "Medication" and parts[-2] == "_history":
+        rid = parts[-3]
+    if rid is None or not _FHIR_ID.match(rid) or set(rid) == {"."}:
+        return None
+    return f"Medication/{rid}"
 
 
 def build_catalog(resources: Iterable[Any]) -> dict[str, dict[str, Any]]:

@@ -36,6 +36,8 @@ def episode_evidence(episode: ToxicityEpisode) -> Evidence:
         state = "resolved (date not recorded)"
     if not episode.active and episode.improved_at is not None and episode.improved_at != episode.resolved_at:
         state += f", improved {_day(episode.improved_at)}"
+    if episode.preliminary:
+        state += " (preliminary result)"
     return Evidence(
         label=f"{_KIND_NAME[episode.kind]} episode",
         value=f"Grade {grade_text(episode)}, {state}",
