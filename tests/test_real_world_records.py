@@ -393,10 +393,11 @@ def test_13_2_escalated_monitoring_only_for_the_next_dose(engine: Engine) -> Non
 
 
 def test_13_3_ice_and_recorded_icans_grade_are_separate_series(engine: Engine) -> None:
-    recorded = [grade_observation("icans-grade", 2, "2026-11-16T10:00:00Z"), grade_observation("ice-score", 10, "2026-11-18T10:00:00Z")]
+    recorded = [grade_observation("icans-grade", 2, "2026-11-16T10:00:00Z"),
+                grade_observation("ice-score", 10, "2026-11-18T10:00:00Z", oid="ice-ten")]  # fmt: skip
     found = cards(engine, request(administrations=C1D1_GIVEN, observations=[*normal_labs(DRAWN), *recorded]))
     (active,) = rule_cards(found, "neurotox.grade1-2-active")  # a later ICE 10 does not resolve a recorded grade
-    assert "Observation/" in active["detail"]
+    assert "Observation/ice-ten" in active["detail"]  # the card names the ICE result
     ice_only = [grade_observation("ice-score", 5, "2026-11-16T10:00:00Z"), grade_observation("ice-score", 10, "2026-11-18T10:00:00Z")]
     found = cards(engine, request(administrations=C1D1_GIVEN, observations=[*normal_labs(DRAWN), *ice_only]))
     assert not rule_cards(found, "neurotox.grade1-2-active")
@@ -597,3 +598,22 @@ def test_12_a_malformed_element_the_anc_hold_never_reads_keeps_the_hold_in_patie
     found = cards(engine, request(administrations=C1D1_GIVEN,
                                   observations=[o for o in normal_labs(DRAWN) if o["code"]["coding"][0]["code"] != "1742-6"] + [alt]))  # fmt: skip
     assert any("Observation/alt-odd" in c["detail"] for c in found if c["source"]["topic"]["code"] == "data-quality")
+
+
+def test_12_liver_and_egfr_limits_decide_only_when_the_bound_does(engine: Engine) -> None:
+    alt = comparator_lab("alt", "<", 500)  # could be 12.5 x ULN
+    others = [o for o in normal_labs(DRAWN) if o["code"]["coding"][0]["code"] != "1742-6"]
+    (limit,) = rule_cards(cards(engine, request(administrations=C1D1_GIVEN, observations=[*others, alt])),
+                          "data-quality.lab-limit")  # fmt: skip
+    assert "ALT" in limit["summary"]
+    low_enough = comparator_lab("alt", "<", 100)  # at most 2.5 x ULN: decides "not Grade 3"
+    assert not rule_cards(cards(engine, request(administrations=C1D1_GIVEN, observations=[*others, low_enough])),
+                          "data-quality.lab-limit")  # fmt: skip
+    egfr = lab("egfr", 90, DRAWN)
+    egfr["valueQuantity"]["comparator"] = ">"
+    found = cards(engine, request(administrations=C1D1_GIVEN, observations=[*normal_labs(DRAWN), egfr]))
+    assert not rule_cards(found, "organ-function.renal")
+    severe = lab("egfr", 15, DRAWN)
+    severe["valueQuantity"]["comparator"] = "<"
+    found = cards(engine, request(administrations=C1D1_GIVEN, observations=[*normal_labs(DRAWN), severe]))
+    assert rule_cards(found, "organ-function.renal")

@@ -279,6 +279,19 @@ def absorb_ice(recorded: list[ToxicityEpisode], ice: list[ToxicityEpisode]) -> l
     return out
 
 
+def name_later_ice(episodes: list[ToxicityEpisode], ice_points: list[GradePoint]) -> list[ToxicityEpisode]:
+    """An active recorded ICANS episode names the ICE scores charted since its onset (a later ICE 10 does not
+    resolve it, section 13.3: the card shows it)."""
+    out = []
+    for episode in episodes:
+        if episode.active and episode.series != "ice":
+            later = [p.reference for p in ice_points if p.at >= episode.onset]
+            if later:
+                episode = replace(episode, references=tuple(dict.fromkeys((*episode.references, *later))))
+        out.append(episode)
+    return out
+
+
 def condition_episode(
     kind: str,
     grade: int,
@@ -325,8 +338,9 @@ def build_episodes(
         recorded = episodes_from_series(series) + [e for e in condition_episodes if e.kind == kind]
         kind_episodes = merge_records(recorded)
         if kind == "icans":
-            ice = episodes_from_series([p for p in points if p.kind == kind and p.source == "ice-score"])
-            kind_episodes = merge_records(absorb_ice(kind_episodes, ice))
+            ice_points = [p for p in points if p.kind == kind and p.source == "ice-score"]
+            ice = episodes_from_series(ice_points)
+            kind_episodes = name_later_ice(merge_records(absorb_ice(kind_episodes, ice)), ice_points)
         merged.extend(kind_episodes)
     merged.sort(key=lambda e: (e.onset, e.kind))
     return tuple(merged)

@@ -405,7 +405,14 @@ def hepatic_findings(
         over = over4 or _over(current, {a: 0.0 for a in current})
         return [_graded_finding("lab-hold.hepatotoxicity-grade3", over, grade3, order)]
     persistent = _persistent_grade3(facts, order, protocol, ctx)
-    return [persistent] if persistent is not None else []
+    if persistent is not None:
+        return [persistent]
+    undecided = next(
+        (r for rs in current.values() for r in rs if r.comparator and r.above_uln(grade3[r.analyte]) is None), None
+    )
+    if undecided is not None:  # e.g. ALT "<500": could be above 5 x ULN; never read as normal
+        return [lab_limit(undecided, f"above {grade3[undecided.analyte]:g} x ULN", order)]
+    return []
 
 
 def lab_holds(

@@ -213,7 +213,7 @@ def check_organ_function(
     thresholds = protocol.section("labs")["thresholds"]
     findings: list[Finding] = []
     egfr = latest_usable_any_date(facts.labs.get("egfr", ()), ctx.now)
-    if egfr is not None and egfr.value is not None and egfr.value < float(thresholds["egfr_severe_below"]):
+    if egfr is not None and egfr.below(float(thresholds["egfr_severe_below"])):  # ">90" never reads as low
         findings.append(
             Finding(
                 "organ-function.renal",
@@ -226,7 +226,7 @@ def check_organ_function(
     limit = float(thresholds["hepatic_impairment_bilirubin_uln"])
     if bilirubin is not None and bilirubin.value is not None and bilirubin.uln:
         multiple = clean(bilirubin.value / bilirubin.uln)
-        if multiple > limit:
+        if bilirubin.above_uln(limit):
             findings.append(
                 Finding(
                     "organ-function.hepatic",
