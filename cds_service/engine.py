@@ -167,10 +167,16 @@ def prefetch_medications(prefetch: dict[str, Any]) -> list[dict[str, Any]]:
 class ValidSuggestions(SuggestionBuilder):
     """Suggestions, without an update of a draft that is not valid FHIR (its update would not be either).
 
-    Such a draft still gets its cards (section 12); only the "update the order" action is left out.
+    Such a draft still gets its cards (section 12); only the "update the order" action is left out. A draft
+    without an id (named "draft-entry-N" for its cards) gets no update or delete action: the EHR could not
+    match it.
     """
 
+    unnamed: frozenset[str] = frozenset()
+
     def actions(self, spec: SuggestionSpec, label: str) -> list[dict[str, Any]]:
+        if spec.order_id in self.unnamed and spec.kind in ("update-dose", "delete-order"):
+            return []
         try:
             return super().actions(spec, label)
         except (ValidationError, TypeError):  # TypeError: a coding element of the wrong JSON type
@@ -266,6 +272,9 @@ class Engine:
             draft_orders={o.resource_id: o for o in facts.draft_orders},
             encounter_id=request.context.get("encounterId"),
             requester=request.user_id,
+        )
+        builder.unnamed = frozenset(
+            f"draft-entry-{i}" for i, r in enumerate(request.draft_entries) if not isinstance(r.get("id"), str)
         )
         rendered = self.renderer.render(
             findings, hook=service.hook, hook_instance=request.hook_instance, suggestion_builder=builder
