@@ -14,7 +14,7 @@ from typing import Any
 from ..protocol import Protocol
 from ..reading.dates import site_date
 from ..reading.medications import MedicationIndex, build_catalog
-from .history import build_administrations
+from .history import build_administrations, first_dose_date
 from .labs import build_labs, classify_observations
 from .model import CodedCondition, DataIssue, GradePoint, LabResult, PatientFacts, PregnancyEvidence, ToxicityEpisode
 from .orders import build_order_facts
@@ -50,12 +50,16 @@ class ClinicalFacts:
 
 
 def build_clinical_facts(
-    resources: dict[str, list[dict[str, Any]]], protocol: Protocol, now: datetime
+    resources: dict[str, list[dict[str, Any]]],
+    protocol: Protocol,
+    now: datetime,
+    treated_since: date | None = None,
 ) -> ClinicalFacts:
+    """`treated_since`: the local date of the first tarlatamab dose (liver results are read back to it)."""
     issues: list[DataIssue] = []
     birth_date, gender = patient_facts(resources.get("patient") or [], issues)
     grouped = classify_observations(resources.get("observations") or (), protocol)
-    labs = build_labs(grouped, protocol, now, issues)
+    labs = build_labs(grouped, protocol, now, issues, treated_since)
     points = observation_points(grouped, protocol, issues)
 
     views = condition_views(resources.get("conditions") or (), protocol)
@@ -112,12 +116,12 @@ def build_facts(
     """All facts of one request. `zone`: the site time zone ("now" -> local date); `medications`: Medication
     resources of the prefetch or fetched from fhirServer (targets of `medicationReference`)."""
     today = site_date(now, zone) if zone is not None else now.date()
-    clinical = build_clinical_facts(resources, protocol, now)
     catalog = build_catalog(
         [*medications, *(r for values in resources.values() for r in values if isinstance(r, dict))]
     )
     index = MedicationIndex(protocol, catalog)
     administered = [r for r in resources.get("administrations") or () if isinstance(r, dict)]
+    clinical = build_clinical_facts(resources, protocol, now, first_dose_date(administered, index))
     administrations, history_issues = build_administrations(administered, clinical.episodes, protocol, index)
     orders = build_order_facts(
         resources,

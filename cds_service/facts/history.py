@@ -89,6 +89,16 @@ def given_tarlatamab(resources: Iterable[dict[str, Any]], index: MedicationIndex
     ]
 
 
+def first_dose_date(resources: Iterable[dict[str, Any]], index: MedicationIndex) -> date | None:
+    """The local date of the first tarlatamab dose given (None: never treated)."""
+    dates = [
+        when.local_date
+        for r in given_tarlatamab(resources, index)
+        if (when := adm_reading.administration_when(r)[0]) is not None
+    ]
+    return min(dates) if dates else None
+
+
 def read_administration(
     resource: dict[str, Any], protocol: Protocol, index: MedicationIndex | None = None
 ) -> tuple[Administration | None, list[DataIssue]]:

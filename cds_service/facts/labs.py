@@ -13,7 +13,7 @@ a Grade 4 or Hy's-law result after the first dose discontinues whatever later re
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from ..fhir_validation import first_problem
@@ -53,6 +53,8 @@ def convert_lab(protocol: Protocol, analyte: str, quantity: Any) -> Any:
 
 
 def _uln(obs: dict[str, Any], analyte: str, quantity: Any, protocol: Protocol) -> tuple[float | None, str]:
+    if analyte not in protocol.section("labs")["uln_defaults"]:
+        return None, "none"  # no rule reads a ULN for this analyte (thresholds are absolute)
     value_units = quantity if isinstance(quantity, dict) else {}
     for ref in obs.get("referenceRange") if isinstance(obs.get("referenceRange"), list) else ():
         high = ref.get("high") if isinstance(ref, dict) else None
@@ -145,9 +147,17 @@ def read_elements(analyte: str, protocol: Protocol) -> frozenset[str]:
 
 
 def lab_series(
-    observations: list[dict[str, Any]], analyte: str, protocol: Protocol, now: datetime, issues: list[DataIssue]
+    observations: list[dict[str, Any]],
+    analyte: str,
+    protocol: Protocol,
+    now: datetime,
+    issues: list[DataIssue],
+    treated_since: date | None = None,
 ) -> tuple[LabResult, ...]:
-    """Results of one analyte, newest first, read down to the newest usable final result up to now."""
+    """Results of one analyte, newest first, read down to the newest usable final result up to now.
+
+    Liver tests are read further, back to the first tarlatamab dose (`treated_since`), for section 13.6.
+    """
     dated: list[tuple[When, str, dict[str, Any]]] = []
     for obs in observations:
         when = obs_reading.observation_when(obs)
@@ -166,7 +176,7 @@ def lab_series(
             continue
         dated.append((when, str(obs.get("id", "?")), obs))
     dated.sort(key=lambda item: (item[0].moment, item[1]), reverse=True)
-    full = analyte in FULL_HISTORY_ANALYTES
+    full = analyte in FULL_HISTORY_ANALYTES and treated_since is not None
     depth = FULL_READ_DEPTH if full else READ_DEPTH
     results: list[LabResult] = []
     read = reported = 0
@@ -176,9 +186,11 @@ def lab_series(
         if result.effective <= now:
             if read >= depth or (settled and not full):
                 break
+            if settled and treated_since is not None and when.local_date < treated_since:
+                break  # before the first dose: only the newest result counts (13.16), already read
             read += 1
             element = _problem_element(result, obs)
-            if result.problem is None:
+            if result.problem is None and not settled:
                 invalid = first_problem(obs_reading.without_view_keys(obs), read_elements(analyte, protocol))
                 if invalid is not None:
                     element, message = invalid
@@ -197,9 +209,13 @@ def lab_series(
 
 
 def build_labs(
-    grouped: dict[str, list[dict[str, Any]]], protocol: Protocol, now: datetime, issues: list[DataIssue]
+    grouped: dict[str, list[dict[str, Any]]],
+    protocol: Protocol,
+    now: datetime,
+    issues: list[DataIssue],
+    treated_since: date | None = None,
 ) -> dict[str, tuple[LabResult, ...]]:
     return {
-        analyte: lab_series(grouped.get(analyte, []), analyte, protocol, now, issues)
+        analyte: lab_series(grouped.get(analyte, []), analyte, protocol, now, issues, treated_since)
         for analyte in lab_analytes(protocol)
     }

@@ -188,13 +188,19 @@ def _order_id(order: DraftOrder | None) -> str | None:
     return order.resource_id if order is not None else None
 
 
+def _limit_text(result: LabResult) -> str:
+    """A limit value as a clinician reads it: "<1.5 x10^3/uL"."""
+    unit = unit_display(result.raw_unit) if result.raw_unit else ""
+    return f"{result.comparator or ''}{result.raw_value} {unit}".strip()
+
+
 def lab_limit(result: LabResult, relation: str, order: DraftOrder | None) -> Finding:
     """A limit value whose bound does not decide the threshold: reported, never read as normal (section 12)."""
     label = analyte_label(result.analyte)
     return Finding(
         "data-quality.lab-limit",
         _order_id(order),
-        {"label": label, "shown": result.display, "date": result.local_date.isoformat(), "relation": relation},
+        {"label": label, "shown": _limit_text(result), "date": result.local_date.isoformat(), "relation": relation},
         (result_evidence(result, f" (cannot tell whether it is {relation})"),),
     )
 
