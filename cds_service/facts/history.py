@@ -23,6 +23,7 @@ from typing import Any, Literal
 from ..fhir_validation import first_problem
 from ..protocol import Protocol
 from ..reading import administrations as adm_reading
+from ..reading.codes import ndc_products
 from ..reading.dates import after
 from ..reading.medications import MedicationIndex, product_products
 from ..reading.quantities import convert, number_text
@@ -56,8 +57,6 @@ def dose_from_quantity(quantity: Any, protocol: Protocol) -> Dose:
 
 def kit_strengths(protocol: Protocol) -> dict[str, float]:
     """9-digit NDC product code -> mg of the tarlatamab kits (protocol `orderables.tarlatamab_kits`)."""
-    from ..reading.codes import ndc_products
-
     out: dict[str, float] = {}
     for mg, coding in protocol.section("orderables")["tarlatamab_kits"].items():
         for product in ndc_products(str(coding["code"])):

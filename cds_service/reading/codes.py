@@ -8,6 +8,7 @@ unknown): each reading of it is tried.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -47,6 +48,7 @@ def first_code(concept: Any) -> str | None:
     return next((code for _, code, _ in codings(concept) if code), None)
 
 
+@functools.lru_cache(maxsize=4096)  # the same product codes recur on every record of every request
 def ndc_products(code: str) -> frozenset[str]:
     """The 9-digit (5-4) product codes an NDC in any form may denote (empty when it is not an NDC)."""
     text = code.strip()

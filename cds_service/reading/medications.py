@@ -9,18 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from ..protocol import Protocol
 from .codes import codings, ndc_products
-
-
-@dataclass(frozen=True)
-class MedicationRef:
-    """Where a resource's medication points when it is not a code: a reference to resolve."""
-
-    reference: str  # "Medication/abc" (relative) or the literal reference
 
 
 def medication_reference(resource: Mapping[str, Any]) -> str | None:
