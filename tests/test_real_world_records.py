@@ -617,3 +617,19 @@ def test_12_liver_and_egfr_limits_decide_only_when_the_bound_does(engine: Engine
     severe["valueQuantity"]["comparator"] = "<"
     found = cards(engine, request(administrations=C1D1_GIVEN, observations=[*normal_labs(DRAWN), severe]))
     assert rule_cards(found, "organ-function.renal")
+
+
+@pytest.mark.parametrize(("birth", "applies"), [("1971-11-21", True), ("1970-11-21", False)])  # 55 / 56 on 11-21
+def test_13_7_pregnancy_age_boundary_55(engine: Engine, birth: str, applies: bool) -> None:
+    woman = patient(gender="female", birth_date=birth)
+    found = cards(engine, request(drafts=[tarlatamab_order(PLANNED, 1)], patient_resource=woman))
+    assert bool(rule_cards(found, "pregnancy.status-unknown")) is applies
+
+
+def test_12_split_records_without_dosage_on_one_kit_are_one_1mg_dose(engine: Engine) -> None:
+    parts = [administration("2026-11-14T09:00:00Z", 1, aid="a"), administration("2026-11-14T11:00:00Z", 1, aid="b")]
+    for part in parts:
+        del part["dosage"]["dose"]
+    found = cards(engine, request(drafts=[tarlatamab_order(PLANNED, 10)], administrations=parts))
+    assert rule_cards(found, "monitoring.schedule")[0]["summary"].startswith("C1D8")
+    assert not rule_cards(found, "data-quality.dose-history")
