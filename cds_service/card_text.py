@@ -91,6 +91,18 @@ def safe_value(value: Any, limit: int = MAX_VALUE_CHARS) -> Any:
 _CACHED_MAX = 256
 
 
+def plain_value(value: Any, limit: int = MAX_VALUE_CHARS) -> Any:
+    """A record-derived value for plain text (a card's `summary`, which EHRs show as text, not Markdown): as
+    `safe_value` (one line, capped, clinical units) but without Markdown escapes, which would show as
+    backslashes ("<0.1" stays "<0.1"); what an EHR rendering it as HTML would take for a tag is defused."""
+    if isinstance(value, str):
+        return _TAG_OPEN.sub("‹", clinical_units(plain(value, limit)))
+    return safe_value(value, limit)
+
+
+_TAG_OPEN = re.compile(r"<(?=[A-Za-z/!?])")
+
+
 @lru_cache(maxsize=8192)
 def _safe_text(text: str, limit: int) -> str:
     return escape_markdown(clinical_units(plain(text, limit)))

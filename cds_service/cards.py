@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from .card_set import PLAN_TOPIC, CardPlan, assemble, plan_indicator
-from .card_text import TemplateData, safe_value
+from .card_text import TemplateData, plain_value, safe_value
 from .findings import Evidence, Finding, SuggestionSpec
 from .protocol import INDICATORS, Protocol, RuleDef
 from .suggestions import SuggestionBuilder
@@ -141,7 +141,7 @@ class CardRenderer:
         parts.append(self._source_line(rule))
         card = self._card(
             identity,
-            _shorten(fill(text["summary"], values)),
+            _shorten(fill(text["summary"], self._values(finding, hook, markdown=False))),
             finding.indicator or rule.indicator_for(hook),
             parts,
             rule,
@@ -158,7 +158,7 @@ class CardRenderer:
         held = self.texts.common["held_card"]
         lead_rule = self.protocol.rule(plan.lead.rule_id)
         reasons = plan.findings
-        lead_summary = self._summary(plan.lead, hook)
+        lead_summary = self._summary(plan.lead, hook, markdown=False)
         more = len(reasons) - 1
         suffix = " " + fill(held["more_reasons_one" if more == 1 else "more_reasons"], {"count": more}) if more else ""
         summary = _shorten(lead_summary, SUMMARY_MAX - len(suffix)) + suffix
@@ -199,7 +199,7 @@ class CardRenderer:
         parts.append(self._evidence_block(evidence))
         parts.append(self._sources_line([self.protocol.rule(f.rule_id) for f in plan.findings]))
         card = self._card(
-            identity, _shorten(fill(self._text(plan.lead)["summary"], lead_values)), indicator, parts, lead_rule,
+            identity, _shorten(self._summary(plan.lead, hook, markdown=False)), indicator, parts, lead_rule,
             PLAN_TOPIC, base,
         )  # fmt: skip
         if indicator != "info":
@@ -243,14 +243,16 @@ class CardRenderer:
                 raise CardTextError(f"no card wording for variant {variant!r} of {finding.rule_id}") from exc
         return text
 
-    def _values(self, finding: Finding, hook: str) -> dict[str, Any]:
-        """The template values of a finding: every record-derived value made safe, protocol data as `p`."""
-        values: dict[str, Any] = {k: safe_value(v) for k, v in finding.values.items() if k != "variant"}
+    def _values(self, finding: Finding, hook: str, markdown: bool = True) -> dict[str, Any]:
+        """The template values of a finding: every record-derived value made safe (escaped for Markdown, or
+        plain for a card's summary), protocol data as `p`."""
+        safe = safe_value if markdown else plain_value
+        values: dict[str, Any] = {k: safe(v) for k, v in finding.values.items() if k != "variant"}
         values["p"] = self._p
         text = self._text(finding)
         plural = self.texts.common["count_words"]
         for name, related in finding.related:
-            lines = [self._line_of(f, hook) for f in related]
+            lines = [self._line_of(f, hook, markdown) for f in related]
             empty = text.get("empty", {}).get(name, "none")
             values[name] = "; ".join(lines) or empty
             values[f"{name}_list"] = "\n".join(f"- {line}" for line in lines) or empty
@@ -258,15 +260,15 @@ class CardRenderer:
             values[f"{name}_count_words"] = fill(plural["one" if len(lines) == 1 else "many"], {"count": len(lines)})
         return values
 
-    def _summary(self, finding: Finding, hook: str) -> str:
-        return fill(self._text(finding)["summary"], self._values(finding, hook)).rstrip(".")
+    def _summary(self, finding: Finding, hook: str, markdown: bool = True) -> str:
+        return fill(self._text(finding)["summary"], self._values(finding, hook, markdown)).rstrip(".")
 
-    def _line_of(self, finding: Finding, hook: str) -> str:
+    def _line_of(self, finding: Finding, hook: str, markdown: bool = True) -> str:
         """A related finding inside a summary card: a plan finding's plan line, else its summary."""
         text = self._text(finding)
         if "plan" in text and self.protocol.rule(finding.rule_id).role == "plan":
-            return fill(text["plan"], self._values(finding, hook)).rstrip(".")
-        return self._summary(finding, hook)
+            return fill(text["plan"], self._values(finding, hook, markdown)).rstrip(".")
+        return self._summary(finding, hook, markdown)
 
     def summary_of(self, finding: Finding, hook: str) -> str:
         """The summary line a finding's own card would have (used inside summary and held cards)."""

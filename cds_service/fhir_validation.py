@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Collection
 from typing import Any
 
 import orjson
@@ -135,15 +136,18 @@ def validation_issues(resource: dict[str, Any], root: str) -> list[Issue]:
     return [Issue(message, code=code, expression=(_path(root, loc),)) for message, code, loc in _problems(resource)]
 
 
-def first_problem(resource: dict[str, Any]) -> tuple[str, str] | None:
-    """(element, message) of the first validation problem of a resource, or None when valid."""
-    rtype = resource.get("resourceType", "Resource")
-    issues = validation_issues(resource, str(rtype))
-    if not issues:
-        return None
-    issue = issues[0]
-    element = issue.expression[0] if issue.expression else str(rtype)
-    return element, issue.diagnostics
+def first_problem(resource: dict[str, Any], read: Collection[str] | None = None) -> tuple[str, str] | None:
+    """(element, message) of the first validation problem of a resource, or None when valid.
+
+    `read`: the top-level elements the rules read; problems elsewhere are ignored (spec/protocol.md section 12,
+    "Validation scope": an invalid element the rules never read never makes a resource unusable).
+    """
+    rtype = str(resource.get("resourceType", "Resource"))
+    for message, _, loc in _problems(resource):
+        if read is not None and loc and loc[0] not in read and loc[0] != "resource_type":
+            continue
+        return _path(rtype, loc), message
+    return None
 
 
 def warm_up() -> None:

@@ -127,6 +127,18 @@ class Protocol:
         return {key: frozenset(names) for key, names in index.items()}
 
     @cached_property
+    def medication_ndc_products(self) -> dict[str, frozenset[str]]:
+        """9-digit NDC product code -> the medication concepts it means (every NDC form reduces to it)."""
+        from .reading.codes import ndc_products
+
+        index: dict[str, set[str]] = {}
+        for name, (_, ndc, _) in self._medication_codes.items():
+            for code in ndc:
+                for product in ndc_products(code):
+                    index.setdefault(product, set()).add(name)
+        return {key: frozenset(names) for key, names in index.items()}
+
+    @cached_property
     def medication_text_pattern(self) -> tuple[re.Pattern[str] | None, dict[str, frozenset[str]]]:
         """One pattern finding any medication text fragment, and fragment -> the concepts it names."""
         names: dict[str, set[str]] = {}

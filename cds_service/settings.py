@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,12 +46,15 @@ class Settings:
     audit_enabled: bool = True
     # Per-worker cache of validation results by resource digest (0 turns it off)
     validation_cache_size: int = 20000
+    # The site's time zone (IANA name): the evaluation time's local date, the planned date of an untimed order
+    site_timezone: str = "UTC"
 
     def __post_init__(self) -> None:
         for name in ("data_dir", "protocol_file", "cards_dir", "trusted_issuers_file"):
             value = getattr(self, name)
             if isinstance(value, str):
                 object.__setattr__(self, name, Path(value))
+        _check_timezone(self.site_timezone)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -99,6 +103,8 @@ class Settings:
             values["jwt_algorithms"] = tuple(a.strip() for a in v.split(",") if a.strip())
         if (v := text("CDS_NOW")) is not None:
             values["now"] = parse_now(v)
+        if (v := text("CDS_SITE_TIMEZONE")) is not None:
+            values["site_timezone"] = v
         if (v := text("CDS_LOG_LEVEL")) is not None:
             values["log_level"] = v.upper()
         values.update(overrides)
@@ -116,6 +122,16 @@ class Settings:
     def evaluation_time(self) -> datetime:
         """The time rules evaluate against: the fixed `now` if set, else the clock (UTC)."""
         return self.now if self.now is not None else datetime.now(UTC)
+
+
+def _check_timezone(name: str) -> None:
+    """CDS_SITE_TIMEZONE must be an IANA time zone name ("UTC", "America/Chicago")."""
+    if name.strip().upper() == "UTC":
+        return
+    try:
+        ZoneInfo(name.strip())
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"CDS_SITE_TIMEZONE must be an IANA time zone name, got {name!r}") from exc
 
 
 def _flag(value: str, name: str) -> bool:

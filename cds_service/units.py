@@ -1,17 +1,24 @@
-"""Unit normalisation of laboratory quantities, driven by the protocol `units` table (spec section 8.3).
+"""How laboratory units and numbers are shown to clinicians (presentation only).
 
-A quantity is converted to its analyte's canonical unit with the factor the protocol gives for its unit,
-matched on `Quantity.code` (UCUM) first, then `Quantity.unit`, exactly after trimming. A unit the table does
-not list is never guessed: the conversion reports a problem and the value stays unusable.
+Conversion lives in `reading.quantities` (the one converter); this module only names analytes and formats
+values, units and multiples of the ULN for cards.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any
-
 from .protocol import Protocol
+from .reading.quantities import clean
+
+__all__ = [
+    "ANALYTE_LABELS",
+    "analyte_label",
+    "canonical_unit",
+    "clean",
+    "format_multiple",
+    "format_number",
+    "format_quantity",
+    "unit_display",
+]
 
 # Short names of analytes as clinicians read them on cards (presentation only, no clinical content).
 ANALYTE_LABELS: dict[str, str] = {
@@ -28,22 +35,6 @@ ANALYTE_LABELS: dict[str, str] = {
     "hcg_quantitative": "beta-hCG",
 }
 
-# Significant digits kept after a conversion: removes floating-point noise (51.3 umol/L -> 3.0 mg/dL, not
-# 2.9999999999999996) so that boundaries such as "5 x ULN exactly is not a hold" compare as written.
-_SIGNIFICANT_DIGITS = 12
-
-
-@dataclass(frozen=True)
-class Conversion:
-    """A quantity in the analyte's canonical unit; `value` is None and `problem` says why when unusable."""
-
-    value: float | None
-    unit: str  # canonical unit
-    raw_value: str | None
-    raw_unit: str | None
-    problem: str | None = None
-
-
 def analyte_label(analyte: str) -> str:
     return ANALYTE_LABELS.get(analyte, analyte.replace("_", " "))
 
@@ -51,71 +42,6 @@ def analyte_label(analyte: str) -> str:
 def canonical_unit(protocol: Protocol, analyte: str) -> str:
     return str(protocol.section("units")[analyte]["canonical"])
 
-
-def clean(x: float) -> float:
-    """`x` rounded to 12 significant digits (conversion and ratio noise removed)."""
-    if x == 0 or not math.isfinite(x):
-        return x
-    return float(f"{x:.{_SIGNIFICANT_DIGITS}g}")
-
-
-def table_factor(factors: dict[str, Any], quantity: dict[str, Any]) -> tuple[float, str] | None:
-    """(factor, the unit string matched) of a Quantity in a unit -> factor table, or None when not listed.
-
-    `Quantity.code` (UCUM) is tried first, then `Quantity.unit`, each matched exactly after trimming.
-    """
-    for key in ("code", "unit"):
-        raw = quantity.get(key)
-        if isinstance(raw, str) and raw.strip() in factors:
-            return float(factors[raw.strip()]), raw.strip()
-    return None
-
-
-def unit_factor(protocol: Protocol, analyte: str, quantity: dict[str, Any]) -> tuple[float, str] | None:
-    """(factor to the canonical unit, the unit string matched) or None when the unit is not in the table."""
-    return table_factor(protocol.section("units")[analyte]["factors"], quantity)
-
-
-def raw_unit_of(quantity: dict[str, Any]) -> str | None:
-    for key in ("unit", "code"):
-        raw = quantity.get(key)
-        if isinstance(raw, str) and raw.strip():
-            return raw.strip()
-    return None
-
-
-def _raw_number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def to_canonical(protocol: Protocol, analyte: str, quantity: Any) -> Conversion:
-    """Convert a FHIR Quantity dict of `analyte` to the canonical unit (or say why it cannot be)."""
-    canonical = canonical_unit(protocol, analyte)
-    if not isinstance(quantity, dict):
-        return Conversion(None, canonical, None, None, "no value")
-    raw = quantity.get("value")
-    raw_value = None if raw is None else str(raw)
-    raw_unit = raw_unit_of(quantity)
-    number = _raw_number(raw)
-    if raw is None:
-        return Conversion(None, canonical, None, raw_unit, "no value")
-    if number is None:
-        return Conversion(None, canonical, raw_value, raw_unit, "value is not a number")
-    comparator = quantity.get("comparator")
-    if comparator:
-        # "<0.5" is a limit, not a value: comparing it with a threshold could read an abnormal result as normal.
-        return Conversion(
-            None, canonical, f"{comparator}{raw_value}", raw_unit, f"reported as a limit ({comparator}{raw_value})"
-        )
-    matched = unit_factor(protocol, analyte, quantity)
-    if matched is None:
-        shown = raw_unit if raw_unit is not None else "no unit"
-        return Conversion(None, canonical, raw_value, raw_unit, f"unit '{shown}' cannot be converted to {canonical}")
-    factor, _ = matched
-    return Conversion(clean(number * factor), canonical, raw_value, raw_unit)
 
 
 def unit_display(unit: str) -> str:

@@ -190,3 +190,12 @@ def contradicting_suggestions(cards: list[dict[str, Any]]) -> list[str]:
                     resource = action["resource"]
                     updated.add(f"{resource.get('resourceType')}/{resource.get('id')}")
     return [f"{ref} is both deleted and updated by suggestions" for ref in sorted(deleted & updated)]
+
+
+def card_rules(card: dict[str, Any]) -> set[str]:
+    """The rules a card reports, read from its source lines ("rule X" / "rules X, Y"): one per reason of a
+    held card, every line of a plan card."""
+    named: set[str] = set()
+    for match in re.finditer(r"\brules? ([a-z0-9.\-]+(?:, [a-z0-9.\-]+)*)\.", card["detail"]):
+        named.update(match.group(1).split(", "))
+    return named

@@ -1,4 +1,4 @@
-"""Patient facts of an order-sign request, as `patient_facts.build_facts` assembles them, for the rule tests."""
+"""Patient facts of an order-sign request, as `facts.build.build_facts` assembles them, for the rule tests."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from conftest import NOW
 from fhir_builders import PATIENT_ID, patient, tarlatamab_order
 
 from cds_service.facts import DraftOrder, PatientFacts
-from cds_service.patient_facts import build_facts
+from cds_service.facts.build import build_facts
 from cds_service.protocol import Protocol
 
 

@@ -26,8 +26,9 @@ from fhir_builders import (
     sclc_condition,
 )
 
-from cds_service.facts_clinical import ClinicalFacts, build_clinical_facts, parse_fhir_datetime
+from cds_service.facts.build import ClinicalFacts, build_clinical_facts
 from cds_service.protocol import Protocol
+from cds_service.reading.dates import local_date
 
 
 def build(
@@ -64,8 +65,7 @@ def at(text: str) -> datetime:
     ],
 )
 def test_fhir_dates(text: str | None, expected_date: date | None) -> None:
-    parsed = parse_fhir_datetime(text)
-    assert (parsed[1] if parsed else None) == expected_date
+    assert local_date(text) == expected_date
 
 
 # --- patient -----------------------------------------------------------------------------------------
@@ -90,8 +90,8 @@ def test_birth_date(protocol: Protocol, birth_date: str | None, expected: date |
         ("final", True, True),
         ("amended", True, True),
         ("corrected", True, True),
-        ("preliminary", True, False),  # kept, unusable, reported
-        ("unknown", True, False),
+        ("preliminary", True, True),  # section 12: usable to raise a finding, flagged preliminary
+        ("unknown", False, False),  # section 12: not a result
         ("cancelled", False, False),
         ("entered-in-error", False, False),
         ("registered", False, False),
@@ -103,6 +103,7 @@ def test_lab_status(protocol: Protocol, status: str, present: bool, usable: bool
     assert bool(results) is present
     if present:
         assert results[0].usable is usable
+        assert results[0].final is (status != "preliminary")
         assert any(i.reference == "Observation/anc-1" for i in facts.issues) is not usable
 
 
@@ -135,7 +136,7 @@ def test_reference_range_without_unit_is_in_the_result_unit(protocol: Protocol) 
     [
         (lambda o: o["valueQuantity"].update(unit="cells", code="cells"), "valueQuantity.code", "cannot be converted"),
         (lambda o: o.pop("valueQuantity"), "value[x]", "no value"),
-        (lambda o: o["valueQuantity"].update(comparator="<"), "valueQuantity.comparator", "limit"),
+        (lambda o: o["valueQuantity"].update(comparator="~"), "valueQuantity.comparator", "comparator"),
     ],
 )
 def test_unusable_lab_is_kept_and_reported(protocol: Protocol, mutate: Any, element: str, why: str) -> None:
@@ -156,13 +157,23 @@ def test_data_absent_reason_is_unusable(protocol: Protocol) -> None:
 
 
 def test_invalid_fhir_result_is_unusable_naming_the_element(protocol: Protocol) -> None:
-    obs = lab("anc", 2.0, "2026-11-20T08:00:00Z", oid="anc-invalid")
-    obs["subject"] = "Patient/pt-sclc-001"  # must be a Reference object
+    obs = lab("alt", 30, "2026-11-20T08:00:00Z", oid="anc-invalid")
+    obs["referenceRange"] = {"high": {"value": 40}}  # must be a list: the ALT rules read the ULN from it
     facts = build(protocol, [obs])
-    result = facts.labs["anc"][0]
+    result = facts.labs["alt"][0]
     assert not result.usable and "invalid FHIR" in (result.problem or "")
     issue = next(i for i in facts.issues if i.reference == "Observation/anc-invalid")
-    assert issue.element is not None and "subject" in issue.element
+    assert issue.element is not None and "referenceRange" in issue.element
+
+
+def test_invalid_element_no_rule_reads_never_drops_a_result(protocol: Protocol) -> None:
+    # Section 12, validation scope: `subject` as a string and `category` as an object are never read.
+    obs = lab("anc", 0.4, "2026-11-20T08:00:00Z", oid="anc-odd")
+    obs["subject"] = "Patient/pt-sclc-001"
+    obs["category"] = {"text": "laboratory"}
+    facts = build(protocol, [obs])
+    assert facts.labs["anc"][0].usable and facts.labs["anc"][0].value == 0.4
+    assert not [i for i in facts.issues if i.reference == "Observation/anc-odd"]
 
 
 def test_undated_result_is_reported(protocol: Protocol) -> None:
@@ -282,8 +293,10 @@ def test_out_of_range_scores_are_invalid_data(protocol: Protocol, code: str, val
 def test_recorded_icans_grade_takes_precedence_over_ice_at_the_same_time(protocol: Protocol) -> None:
     when = "2026-11-20T08:00:00Z"
     facts = build(protocol, [grade_observation("ice-score", 2, when), grade_observation("icans-grade", 1, when)])
-    assert [(p.source, p.grade) for p in facts.toxicity_points] == [("grade-observation", 1)]
-    assert facts.episodes[0].grade == 1
+    # Section 13.3: separate series; the recorded grade decides the episode (7.1: it takes precedence).
+    assert sorted((p.source, p.grade) for p in facts.toxicity_points) == [("grade-observation", 1), ("ice-score", 3)]
+    (episode,) = facts.episodes
+    assert episode.grade == 1
 
 
 def test_observation_series_form_episodes_separated_by_zero(protocol: Protocol) -> None:
@@ -339,12 +352,17 @@ def test_unspecified_grade_superseded_by_a_graded_record_of_the_same_event(proto
     assert (episode.grade, episode.unspecified, episode.active) == (1, False, True)
 
 
-def test_preliminary_grade_is_reported_not_used(protocol: Protocol) -> None:
+def test_preliminary_grade_raises_but_never_clears(protocol: Protocol) -> None:
+    # Section 12: a preliminary grade may raise a finding; a preliminary grade 0 never resolves one.
     obs = grade_observation("crs-grade", 2, "2026-11-20T08:00:00Z", oid="crs-pre")
     obs["status"] = "preliminary"
-    facts = build(protocol, [obs])
-    assert facts.episodes == ()
-    assert any(i.reference == "Observation/crs-pre" and i.element == "status" for i in facts.issues)
+    (episode,) = build(protocol, [obs]).episodes
+    assert episode.active and episode.grade == 2 and episode.preliminary
+    final = grade_observation("crs-grade", 3, "2026-11-18T08:00:00Z", oid="crs-final")
+    zero = grade_observation("crs-grade", 0, "2026-11-20T08:00:00Z", oid="crs-zero")
+    zero["status"] = "preliminary"
+    (episode,) = build(protocol, [final, zero]).episodes
+    assert episode.active and not episode.preliminary
 
 
 # --- pregnancy, breastfeeding ------------------------------------------------------------------------

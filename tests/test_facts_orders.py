@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
@@ -18,7 +19,9 @@ from fhir_builders import (
     tarlatamab_order,
 )
 
-from cds_service.facts_orders import OrderFacts, build_order_facts
+from cds_service.facts import Administration, CompanionOrder, DataIssue, DraftOrder
+from cds_service.facts.history import build_administrations
+from cds_service.facts.orders import build_order_facts
 from cds_service.protocol import Protocol, parse_protocol
 
 
@@ -31,15 +34,27 @@ def order_facts(
     hook: str = "order-sign",
     selections: tuple[str, ...] = (),
 ) -> OrderFacts:
-    return build_order_facts(
+    orders = build_order_facts(
         {"administrations": list(administrations), "medications": list(medications)},
         draft_entries=tuple(drafts),
         selections=selections,
         hook=hook,
         protocol=protocol,
-        now=NOW,
-        episodes=(),
+        today=NOW.date(),
     )
+    doses, issues = build_administrations(list(administrations), (), protocol)
+    return OrderFacts(doses, orders.draft_orders, orders.companion_orders, orders.platinum_history, (*issues, *orders.issues))
+
+
+@dataclass(frozen=True)
+class OrderFacts:
+    """The order facts and the administration history of one request, as the tests read them."""
+
+    administrations: tuple[Administration, ...]
+    draft_orders: tuple[DraftOrder, ...]
+    companion_orders: tuple[CompanionOrder, ...]
+    platinum_history: tuple[str, ...]
+    issues: tuple[DataIssue, ...]
 
 
 # --- administrations -------------------------------------------------------------------------------------
@@ -51,14 +66,14 @@ def order_facts(
         ("stopped", True),  # a stopped infusion counts as given (spec 2.1)
         ("not-done", False),
         ("entered-in-error", False),
-        ("on-hold", False),
-        ("unknown", False),
+        ("on-hold", True),  # section 12: on-hold counts as given
+        ("unknown", True),  # section 12: counted as given, with a data-quality warning
     ],
 )
 def test_administration_status_decides_whether_a_dose_was_given(protocol: Protocol, status: str, counted: bool) -> None:
     facts = order_facts(protocol, administrations=[administration("2026-11-14T09:30:00Z", 1, aid="a1", status=status)])
     assert [a.resource_id for a in facts.administrations] == (["a1"] if counted else [])
-    assert facts.issues == ()
+    assert [i.element for i in facts.issues] == (["status"] if status == "unknown" else [])
 
 
 def test_not_done_dose_does_not_shift_the_schedule(protocol: Protocol) -> None:
@@ -131,7 +146,7 @@ def test_administration_without_a_readable_date_is_reported_not_counted(
 
 def test_invalid_administration_with_a_date_counts_and_is_reported(protocol: Protocol) -> None:
     bad = administration("2026-11-14T09:30:00Z", 10, aid="bad")
-    bad["subject"] = "Patient/pt-sclc-001"  # a string where a Reference belongs: not valid FHIR
+    bad["dosage"]["route"] = "IV"  # a string where a CodeableConcept belongs, in an element the schedule reads
     facts = order_facts(protocol, administrations=[administration("2026-11-07T09:30:00Z", 1, aid="a1"), bad])
     assert [(a.resource_id, a.position.label) for a in facts.administrations] == [("a1", "C1D1"), ("bad", "C1D8")]
     (issue,) = facts.issues
@@ -141,7 +156,16 @@ def test_invalid_administration_with_a_date_counts_and_is_reported(protocol: Pro
         "MedicationAdministration/bad",
         "schedule position",
     )
-    assert issue.element is not None and "subject" in issue.element
+    assert issue.element is not None and "dosage" in issue.element
+
+
+def test_invalid_element_the_schedule_never_reads_is_ignored(protocol: Protocol) -> None:
+    # Section 12, validation scope: `subject` as a string is invalid R4 but no rule reads it.
+    bad = administration("2026-11-14T09:30:00Z", 10, aid="bad")
+    bad["subject"] = "Patient/pt-sclc-001"
+    facts = order_facts(protocol, administrations=[administration("2026-11-07T09:30:00Z", 1, aid="a1"), bad])
+    assert [(a.resource_id, a.position.label) for a in facts.administrations] == [("a1", "C1D1"), ("bad", "C1D8")]
+    assert facts.issues == ()
 
 
 def test_administrations_are_sorted_oldest_first_and_other_drugs_ignored(protocol: Protocol) -> None:
@@ -282,7 +306,7 @@ def test_companion_orders_from_the_request_and_active_orders(protocol: Protocol)
         medications=[undated_active, completed, bag, platinum_request("2026-06-01")],
     )
     got = {
-        c.resource_id: (c.medication, c.in_request, c.planned_date, c.dose_mg, c.volume_ml)
+        c.resource_id: (c.medication, c.in_request, c.planned_date or c.authored_on, c.dose_mg, c.volume_ml)
         for c in facts.companion_orders
     }
     assert got == {

@@ -188,10 +188,8 @@ EXPECTED: dict[str, list[tuple[str, str, str]]] = {
 # Problems of a held order listed in its critical card ("Also noted"), in place of cards of their own.
 EXPECTED_ALSO: dict[str, list[str]] = {
     "clinical-hepatotoxicity-grade3": ["hepatic impairment, bilirubin 3.2 × ULN"],
-    "clinical-crs-grade2-active": [
-        "before 2026-11-21 (active CRS): sodium, potassium, uric acid",
-        "Check sodium, potassium and uric acid: Grade 2 CRS active",
-    ],
+    # 13.8: the electrolytes are a line of the CRS hold, not a labs-missing warning of their own
+    "clinical-crs-grade2-active": ["Check sodium, potassium and uric acid: Grade 2 CRS active"],
 }
 
 
@@ -407,7 +405,8 @@ def test_neurotoxicity_not_improved_and_unknown_resolution(client: Any) -> None:
         client,
         maintenance_request("5b0f8a4e-0c1d-4e55-9a1e-0000000000a4", panel("2026-11-20T07:30:00Z", "lab"), [icans]),
     )
-    assert has(cards, "neurotoxicity", "critical", "neurology clearance: Grade 3 ICANS of 2026-11-12, resolution date unknown")
+    # Section 12: a Condition recorded resolved without abatement resolved at its recordedDate, else its onset.
+    assert has(cards, "neurotoxicity", "critical", "until neurology clearance: Grade 3 ICANS of 2026-11-12 resolved")
 
 
 def test_unusable_data_is_reported_never_read_as_normal(client: Any) -> None:

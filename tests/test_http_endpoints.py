@@ -288,20 +288,31 @@ def test_null_prefetch_is_not_412(client: Any) -> None:
     assert_valid_response(response.get_json())
 
 
-def test_invalid_tarlatamab_draft_is_400_naming_the_element(client: Any) -> None:
+def test_invalid_tarlatamab_draft_gets_cards_and_a_critical_data_quality_card(client: Any) -> None:
+    # Section 12: a recognisable tarlatamab draft is always answered with cards (200), never a 400; the element
+    # that could not be read (the dose) is named on a critical data-quality card; authoredOn is never read.
     order = fb.tarlatamab_order(PLANNED)
-    order["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] = f"ten {SENTINEL}"
-    order["authoredOn"] = f"yesterday {SENTINEL}"
-    body = assert_outcome(post(client, SIGN, request_for(drafts=[order])), 400)
-    expressions = [e for i in body["issue"] for e in i.get("expression", [])]
-    assert "context.draftOrders.entry[0].resource.dosageInstruction[0].doseAndRate[0].doseQuantity.value" in expressions
-    assert "context.draftOrders.entry[0].resource.authoredOn" in expressions
+    order["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] = "ten"
+    order["authoredOn"] = "yesterday"
+    response = post(client, SIGN, request_for(drafts=[order]))
+    assert response.status_code == 200
+    cards = response.get_json()["cards"]
+    quality = [c for c in cards if c["source"]["topic"]["code"] == "data-quality" and c["indicator"] == "critical"]
+    assert len(quality) == 1 and "doseQuantity.value" in quality[0]["detail"]
+    assert "authoredOn" not in quality[0]["detail"]
+    assert any(c["source"]["topic"]["code"] == "dose" and c["indicator"] == "critical" for c in cards)
+    assert any(c["source"]["topic"]["code"] == "monitoring" for c in cards)  # the checks that can run, ran
 
 
-def test_tarlatamab_draft_without_id_is_400(client: Any) -> None:
+def test_tarlatamab_draft_without_id_still_gets_cards(client: Any) -> None:
     order = fb.tarlatamab_order(PLANNED)
     del order["id"]
-    assert_outcome(post(client, SIGN, request_for(drafts=[order])), 400, "resource.id")
+    response = post(client, SIGN, request_for(drafts=[order]))
+    assert response.status_code == 200
+    found = response.get_json()["cards"]
+    assert any(c["source"]["topic"]["code"] == "dose" for c in found)
+    actions = [a for c in found for s in c.get("suggestions", []) for a in s["actions"]]
+    assert not [a for a in actions if a["type"] in ("update", "delete")]  # nothing the EHR could not match
 
 
 def test_draft_orders_entry_without_resource_is_400(client: Any) -> None:
@@ -321,9 +332,6 @@ def test_error_bodies_never_echo_patient_data(client: Any) -> None:
     cases.append(body)
     body = request_for()
     body["context"]["draftOrders"]["entry"][0] = SENTINEL
-    cases.append(body)
-    body = request_for()
-    body["context"]["draftOrders"]["entry"][0]["resource"]["dosageInstruction"] = SENTINEL
     cases.append(body)
     body = request_for()
     body["fhirServer"] = f"https://{SENTINEL}:pw@ehr.example.org/fhir"

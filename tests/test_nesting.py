@@ -25,14 +25,14 @@ def test_deep_request_structure_is_a_400(client: Any) -> None:
     assert "deeper than 64" in response.json["issue"][0]["diagnostics"]
 
 
-def test_deep_draft_tarlatamab_order_is_a_400_naming_it(client: Any) -> None:
+def test_deep_draft_tarlatamab_order_gets_cards_and_a_critical_data_quality_card(client: Any) -> None:
+    # Section 12: a recognisable tarlatamab draft is answered with cards, never a 400; the nesting is named.
     order = tarlatamab_order("2026-11-21T10:00:00Z", 1)
     order["extension"] = [_deep(80)]
     response = client.post(ORDER_SIGN, json=hook_request(drafts=[order]))
-    assert response.status_code == 400
-    issue = response.json["issue"][0]
-    assert "nests deeper" in issue["diagnostics"]
-    assert issue["expression"] == ["context.draftOrders.entry[0].resource"]
+    assert response.status_code == 200
+    quality = [c for c in response.json["cards"] if c["source"]["topic"]["code"] == "data-quality"]
+    assert any(c["indicator"] == "critical" and "nests deeper" in c["detail"] for c in quality)
 
 
 def test_deep_prefetched_resource_is_reported_not_a_500(client: Any) -> None:

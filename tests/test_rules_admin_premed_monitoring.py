@@ -155,9 +155,20 @@ PREMED_CASES = [
             dexamethasone_order("2026-11-22T09:00:00Z", oid="dexa-active", status="active"),
             saline_order("2026-11-20T11:00:00Z", oid="nacl-active", status="active"),
         ],
+        "premedication.dexamethasone-missing",
+        "hydration.saline-missing",
+        id="active orders 1 day away do not count (13.1: same local date only)",
+    ),
+    pytest.param(
+        "C1D8",
+        [],
+        [
+            dexamethasone_order("2026-11-21T07:00:00Z", oid="dexa-active", status="active"),
+            saline_order("2026-11-21T11:00:00Z", oid="nacl-active", status="active"),
+        ],
         None,
         None,
-        id="active orders 1 day away count",
+        id="active orders of the same local date count",
     ),
     pytest.param(
         "C1D8",

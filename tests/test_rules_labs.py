@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from conftest import NOW
-from fhir_builders import crs_condition, lab, normal_labs
+from fhir_builders import administration, crs_condition, lab, normal_labs
 from support_facts import order_sign_facts
 
 from cds_service.facts import DraftOrder, PatientFacts
@@ -18,17 +18,26 @@ from cds_service.rules.labs import check_lab_holds, check_required_labs
 DRAWN = "2026-11-20T07:30:00Z"  # the day before the planned administration (2026-11-21)
 
 
+# A patient on treatment: C1D1 given on 2026-11-07 (liver discontinuations count from the first dose, 13.6).
+C1D1_GIVEN = [administration("2026-11-07T09:00:00Z", 1, aid="c1d1")]
+
+
 def facts_for(
     protocol: Protocol,
     observations: list[dict[str, Any]],
     conditions: list[dict[str, Any]] = (),  # type: ignore[assignment]
     planned: str = "2026-11-21T10:00:00Z",
+    administrations: list[dict[str, Any]] = (),  # type: ignore[assignment]
 ) -> tuple[PatientFacts, DraftOrder]:
-    return order_sign_facts(protocol, observations=observations, conditions=conditions, planned=planned)
+    return order_sign_facts(
+        protocol, observations=observations, conditions=conditions, planned=planned, administrations=administrations
+    )
 
 
-def holds(protocol: Protocol, observations: list[dict[str, Any]]) -> list[Finding]:
-    facts, order = facts_for(protocol, observations)
+def holds(
+    protocol: Protocol, observations: list[dict[str, Any]], administrations: list[dict[str, Any]] = C1D1_GIVEN
+) -> list[Finding]:
+    facts, order = facts_for(protocol, observations, administrations=administrations)
     return check_lab_holds(facts, order, protocol, EvaluationContext("order-sign", NOW))
 
 
@@ -100,18 +109,19 @@ def test_nothing_on_record(protocol: Protocol) -> None:
     assert len(finding.evidence) == 6
 
 
-def test_electrolytes_only_while_crs_is_active(protocol: Protocol) -> None:
+def test_electrolytes_are_an_info_line_of_the_crs_card_not_a_warning(protocol: Protocol) -> None:
+    # Section 13.8: during active CRS the electrolytes are part of the CRS card (info), never a labs warning.
+    from cds_service.rules.toxicity import check_crs
+
     active = [crs_condition(2, "2026-11-19T10:00:00Z")]
-    resolved = [crs_condition(2, "2026-11-10T10:00:00Z", abatement="2026-11-12T10:00:00Z")]
-    ids = [f.rule_id for f in required(protocol, normal_labs(DRAWN), conditions=active)]
-    assert ids == ["labs.electrolytes-missing"]
-    assert required(protocol, normal_labs(DRAWN), conditions=resolved) == []
+    assert required(protocol, normal_labs(DRAWN), conditions=active) == []
     electrolytes = [lab("sodium", 138, DRAWN), lab("potassium", 4.1, DRAWN)]
-    (finding,) = required(protocol, normal_labs(DRAWN) + electrolytes, conditions=active)
-    assert finding.values["missing"] == "uric acid"
-    assert [s.params["orderable"] for s in finding.suggestions] == ["uric_acid"]
-    complete = [*electrolytes, lab("uric_acid", 5.0, DRAWN)]
-    assert required(protocol, normal_labs(DRAWN) + complete, conditions=active) == []
+    facts, order = facts_for(protocol, normal_labs(DRAWN) + electrolytes, conditions=active)
+    findings = check_crs(facts, order, protocol, EvaluationContext("order-sign", NOW))
+    line = next(f for f in findings if f.rule_id == "crs.electrolytes")
+    assert line.values["electrolytes"] == "not available: uric acid"
+    assert protocol.rule("crs.electrolytes").indicator == "info"
+    assert any(e.label == "sodium" and "138" in e.value for e in line.evidence)
 
 
 # --- 8.2 holds and 8.3 units -------------------------------------------------------------------------

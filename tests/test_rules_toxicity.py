@@ -139,8 +139,12 @@ NEURO_CASES = [
     ("Grade 3 active, onset 7 days and 1 minute ago",
      {"observations": [grade_observation("icans-grade", 3, "2026-11-14T08:59:00Z")]},
      ["neurotox.grade3-active", "neurotox.grade3-not-improved"]),
-    ("Grade 3 active, improved to 2 on day 3, onset 9 days ago",
+    # 13.5: only grade <= 1 (or a resolution) is evidence of improvement; Grade 2 on day 3 is not.
+    ("Grade 3 active, only down to 2 on day 3, onset 9 days ago",
      {"observations": [ice(1, "2026-11-12T09:00:00Z"), ice(5, "2026-11-15T09:00:00Z")]},
+     ["neurotox.grade3-active", "neurotox.grade3-not-improved"]),
+    ("Grade 3 active, down to 1 on day 3, onset 9 days ago",
+     {"observations": [ice(1, "2026-11-12T09:00:00Z"), ice(8, "2026-11-15T09:00:00Z")]},
      ["neurotox.grade3-active"]),
     ("first Grade 3 resolved within 7 days",
      {"observations": [ice(2, "2026-11-10T10:00:00Z"), ice(10, "2026-11-13T10:00:00Z")]},
@@ -203,8 +207,12 @@ def test_clearance_not_asked_again_once_dosing_resumed(protocol: Protocol) -> No
     assert ids(neuro(protocol, observations=observations, administrations=before_only)) == ["neurotox.grade3-clearance"]
 
 
-def test_resolved_without_a_date_asks_to_confirm_timing(protocol: Protocol) -> None:
+def test_resolved_without_abatement_resolves_at_recorded_date_else_onset(protocol: Protocol) -> None:
+    # Section 12: a Condition recorded resolved without abatement[x] resolved at recordedDate, else its onset.
     cond = icans_condition(3, "2026-11-10T10:00:00Z", clinical_status="resolved")
     (finding,) = neuro(protocol, conditions=[cond])
     assert finding.rule_id == "neurotox.grade3-clearance"
-    assert finding.values["variant"] == "improvement-date-unknown"
+    assert finding.values["improved_date"] == "2026-11-10"
+    late = icans_condition(3, "2026-11-01T10:00:00Z", clinical_status="resolved")
+    late["recordedDate"] = "2026-11-12"  # recorded resolved 11 days after onset: not improved within 7 days
+    assert [f.rule_id for f in neuro(protocol, conditions=[late])] == ["neurotox.grade3-not-improved"]

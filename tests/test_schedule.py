@@ -15,9 +15,10 @@ from conftest import NOW
 from fhir_builders import administration
 
 from cds_service.facts import PatientFacts, ToxicityEpisode
-from cds_service.facts_orders import build_order_facts
+from cds_service.facts.history import build_administrations, interval_after, max_gap_after, next_numbered
+from cds_service.facts.orders import build_order_facts
 from cds_service.protocol import Protocol
-from cds_service.rules.schedule import expected_dose, interval_after, max_gap_after, next_numbered
+from cds_service.rules.schedule import expected_dose
 
 TODAY = NOW.date()  # 2026-11-21: the planned administration date of the tests
 
@@ -60,22 +61,22 @@ def make_facts(
     selections: Sequence[str] = (),
     unavailable: frozenset[str] = frozenset(),
 ) -> PatientFacts:
-    """PatientFacts as `patient_facts.build_facts` assembles them, with the order facts under test."""
+    """PatientFacts as `facts.build.build_facts` assembles them, with the order facts under test."""
     orders = build_order_facts(
         {"administrations": list(administrations), "medications": list(medications)},
         draft_entries=tuple(drafts),
         selections=tuple(selections),
         hook=hook,
         protocol=protocol,
-        now=NOW,
-        episodes=tuple(episodes),
+        today=NOW.date(),
     )
+    doses, history_issues = build_administrations(list(administrations), tuple(episodes), protocol)
     return PatientFacts(
         patient_id="pt-sclc-001",
         evaluation_time=NOW,
         birth_date=date(1961, 4, 12),
         gender="male",
-        administrations=orders.administrations,
+        administrations=doses,
         draft_orders=orders.draft_orders,
         companion_orders=orders.companion_orders,
         labs={},
@@ -86,7 +87,7 @@ def make_facts(
         sclc_diagnoses=(),
         platinum_history=orders.platinum_history,
         active_infections=(),
-        issues=orders.issues,
+        issues=(*history_issues, *orders.issues),
         unavailable=unavailable,
     )
 

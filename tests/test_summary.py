@@ -113,7 +113,7 @@ def test_summary_rule_unit_gives_one_finding_with_the_next_dose(protocol: Any) -
 
     from conftest import NOW
 
-    from cds_service.patient_facts import build_facts
+    from cds_service.facts.build import build_facts
     from cds_service.rules import EvaluationContext
     from cds_service.rules.summary import patient_summary
 

@@ -14,7 +14,8 @@ from datetime import date, datetime
 class EvaluationContext:
     hook: str  # order-sign, order-select or patient-view
     now: datetime
+    local_today: date | None = None  # the evaluation time's local date in the site time zone
 
     @property
     def today(self) -> date:
-        return self.now.date()
+        return self.local_today or self.now.date()

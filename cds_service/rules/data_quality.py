@@ -28,8 +28,22 @@ def check_data_quality(facts: PatientFacts, protocol: Protocol, ctx: EvaluationC
                 evidence=tuple(_evidence(i) for i in history_issues),
             )
         )
+    # An unreadable element of a draft tarlatamab order that a check needs (the dose, ...): critical (section 12).
+    for issue in [i for i in facts.issues if i.severity == "critical"]:
+        findings.append(
+            Finding(
+                rule_id="data-quality.draft-order",
+                order_id=issue.reference.split("/", 1)[-1] if issue.reference else None,
+                values={
+                    "order": issue.reference or "the draft order",
+                    "element": issue.element or "(element not named)",
+                    "affected": issue.affects or "the order",
+                },
+                evidence=(_evidence(issue),),
+            )
+        )
     for kind, rule_id in (("unavailable", "data-quality.unavailable"), ("unusable", "data-quality.unusable")):
-        issues = [i for i in facts.issues if i.kind == kind]
+        issues = [i for i in facts.issues if i.kind == kind and i.severity != "critical"]
         if not issues:
             continue
         affected = sorted({i.affects or i.dataset for i in issues})

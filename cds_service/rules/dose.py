@@ -152,3 +152,66 @@ def check_too_early(
             ),
         )
     ]
+
+
+def check_product(facts: PatientFacts, order: DraftOrder, protocol: Protocol, ctx: EvaluationContext) -> list[Finding]:
+    """A 10 mg dose on the 1 mg kit (or 1 mg on the 10 mg kit): the product does not match the dose (13.13)."""
+    doses = protocol.section("doses")
+    step_up, target = float(doses["step_up_mg"]), float(doses["target_mg"])
+    mg, kit = order.dose.mg, order.product_mg
+    if kit is None or mg is None or is_dose(mg, kit, protocol):
+        return []
+    known = (is_dose(mg, step_up, protocol) and is_dose(kit, target, protocol)) or (
+        is_dose(mg, target, protocol) and is_dose(kit, step_up, protocol)
+    )
+    if not known:
+        return []  # any other amount is the invalid-amount card's concern
+    return [
+        Finding(
+            rule_id="dose.product-mismatch",
+            order_id=order.resource_id,
+            values={
+                "ordered": ordered_display(order),
+                "kit_mg": f"{kit:g}",
+                "planned_date": order.planned_date.isoformat(),
+            },
+            evidence=(
+                *order_evidence(order),
+                Evidence("Product on the order", f"{kit:g} mg kit", reference=f"MedicationRequest/{order.resource_id}"),
+            ),
+        )
+    ]
+
+
+def check_duplicates(drafts: tuple[DraftOrder, ...], protocol: Protocol, ctx: EvaluationContext) -> list[Finding]:
+    """Two or more tarlatamab drafts for the same planned date: a duplicate dose (section 12).
+
+    The first draft of the request for a date is kept; each later one gets a critical card suggesting its deletion.
+    """
+    findings: list[Finding] = []
+    first_of_date: dict[object, DraftOrder] = {}
+    for order in drafts:
+        kept = first_of_date.setdefault(order.planned_date, order)
+        if kept is order or (not order.selected and not kept.selected):
+            continue
+        findings.append(
+            Finding(
+                rule_id="schedule.duplicate-order",
+                order_id=order.resource_id,
+                values={"planned_date": order.planned_date.isoformat(), "other_order": kept.resource_id},
+                evidence=(
+                    Evidence(
+                        "Tarlatamab order",
+                        f"{order.dose.display}, planned {order.planned_date.isoformat()}",
+                        reference=f"MedicationRequest/{order.resource_id}",
+                    ),
+                    Evidence(
+                        "Other tarlatamab order for the same date",
+                        f"{kept.dose.display}, planned {kept.planned_date.isoformat()}",
+                        reference=f"MedicationRequest/{kept.resource_id}",
+                    ),
+                ),
+                suggestions=(SuggestionSpec("delete-order", order.resource_id),),
+            )
+        )
+    return findings

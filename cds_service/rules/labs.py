@@ -1,9 +1,15 @@
-"""Laboratory checks before each dose (spec/protocol.md sections 8.1-8.3).
+"""Laboratory checks before each dose (spec/protocol.md sections 8.1-8.3, 12, 13.6, 13.9-13.11, 13.16):
+where the ANC, platelet, hemoglobin and liver holds are decided (thresholds in the protocol data).
 
-A result counts when it is usable (converted to the canonical unit, final, valid) and dated from
-`labs.window_days` before the planned administration date up to the evaluation time (a result drawn after the
-planned date but before now also counts; a result dated after now never does). Holds judge the most recent
-such result of each analyte.
+A result counts when it is usable (converted to the canonical unit, valid) and its local date is on or after
+the planned date minus `labs.window_days`, up to the evaluation time (13.11). A required lab is satisfied
+only by a final result; a preliminary result newer than the newest final one may raise a hold (the card
+says it is preliminary) but never clears one. A value with a comparator is used only when its bound decides
+the threshold; otherwise it is reported (`data-quality.lab-limit`) and no older result takes its place.
+
+Liver persistence (13.6): a Grade 4 or Hy's-law result dated after the first dose discontinues whatever later
+results show; a Grade 3 result dated after the last dose holds until a later final result meets the resume
+thresholds. Before the first dose such a result is a hold, not a discontinuation (13.16).
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 
-from ..facts import DraftOrder, LabResult, PatientFacts
+from ..facts import Administration, DraftOrder, LabResult, PatientFacts
 from ..findings import Evidence, Finding, SuggestionSpec
 from ..protocol import Protocol
 from ..units import analyte_label, clean, format_multiple, format_quantity, unit_display
@@ -28,17 +34,35 @@ def in_window(result: LabResult, start: date, now: datetime) -> bool:
 
 
 def latest_usable(results: Sequence[LabResult], start: date, now: datetime) -> LabResult | None:
-    """The newest usable result in the window (results are newest first)."""
-    return next((r for r in results if r.usable and in_window(r, start, now)), None)
+    """The newest final usable result in the window (results are newest first): satisfies a requirement."""
+    return next((r for r in results if r.final and in_window(r, start, now)), None)
 
 
 def latest_usable_any_date(results: Sequence[LabResult], now: datetime) -> LabResult | None:
-    return next((r for r in results if r.usable and r.effective <= now), None)
+    return next((r for r in results if r.final and r.effective <= now), None)
+
+
+def governing(results: Sequence[LabResult], start: date | None, now: datetime) -> list[LabResult]:
+    """The results that decide a hold: the newest final one, and the preliminary ones newer than it.
+
+    `start`: the window's first local date (None: whatever the date, for the holds that apply now, 13.9).
+    """
+    out: list[LabResult] = []
+    for r in results:
+        if not r.usable or r.effective > now or (start is not None and r.local_date < start):
+            continue
+        out.append(r)
+        if r.final:
+            break
+    return out
 
 
 def result_value(result: LabResult) -> str:
     assert result.value is not None
-    return format_quantity(result.value, result.unit, result.raw_value, result.raw_unit)
+    shown = format_quantity(result.value, result.unit, result.raw_value, result.raw_unit)
+    if result.comparator:
+        shown = f"{result.comparator}{shown}"
+    return shown + (" (preliminary)" if result.preliminary else "")
 
 
 def result_evidence(result: LabResult, extra: str = "") -> Evidence:
@@ -54,12 +78,15 @@ def result_evidence(result: LabResult, extra: str = "") -> Evidence:
 def why_missing(results: Sequence[LabResult], start: date, now: datetime) -> tuple[str, LabResult | None]:
     """Why an analyte has no usable result in the window, with the result that explains it (if any)."""
     recorded = [r for r in results if r.effective <= now]
+    preliminary = next((r for r in recorded if r.usable and r.preliminary and r.local_date >= start), None)
+    if preliminary is not None:
+        return f"result of {preliminary.local_date.isoformat()} is preliminary", preliminary
     unusable_recent = next((r for r in recorded if not r.usable and r.local_date >= start), None)
     if unusable_recent is not None:
         return f"result of {unusable_recent.local_date.isoformat()} not usable: {unusable_recent.problem}", (
             unusable_recent
         )
-    older = next((r for r in recorded if r.usable), None)
+    older = next((r for r in recorded if r.final), None)
     if older is not None:
         return f"last result {older.local_date.isoformat()}, before {start.isoformat()}", older
     if recorded:
@@ -141,20 +168,6 @@ def check_required_labs(
     finding = _missing_finding("labs.missing", required, panels, facts, order, protocol, ctx)
     if finding is not None:
         findings.append(finding)
-    if any(e.kind == "crs" and e.active and e.onset <= ctx.now for e in facts.episodes):
-        electrolytes = list(labs["crs_required"])
-        missing = [a for a in electrolytes if latest_usable(facts.labs.get(a, ()), start, ctx.now) is None]
-        finding = _missing_finding(
-            "labs.electrolytes-missing",
-            electrolytes,
-            [a for a in missing if a in orderables],
-            facts,
-            order,
-            protocol,
-            ctx,
-        )
-        if finding is not None:
-            findings.append(finding)
     return findings
 
 
@@ -171,26 +184,54 @@ def _uln_text(result: LabResult) -> str:
     return f"ULN {format_quantity(result.uln, result.unit)}, {source}"
 
 
-def _below(
+def _order_id(order: DraftOrder | None) -> str | None:
+    return order.resource_id if order is not None else None
+
+
+def _limit_text(result: LabResult) -> str:
+    """A limit value as a clinician reads it: "<1.5 x10^3/uL"."""
+    unit = unit_display(result.raw_unit) if result.raw_unit else ""
+    return f"{result.comparator or ''}{result.raw_value} {unit}".strip()
+
+
+def lab_limit(result: LabResult, relation: str, order: DraftOrder | None) -> Finding:
+    """A limit value whose bound does not decide the threshold: reported, never read as normal (section 12)."""
+    label = analyte_label(result.analyte)
+    return Finding(
+        "data-quality.lab-limit",
+        _order_id(order),
+        {"label": label, "shown": _limit_text(result), "date": result.local_date.isoformat(), "relation": relation},
+        (result_evidence(result, f" (cannot tell whether it is {relation})"),),
+    )
+
+
+def below_finding(
     rule_id: str,
     analyte: str,
     threshold_key: str,
     facts: PatientFacts,
-    order: DraftOrder,
+    order: DraftOrder | None,
     protocol: Protocol,
     ctx: EvaluationContext,
+    start: date | None,
 ) -> Finding | None:
     threshold = float(protocol.section("labs")["thresholds"][threshold_key])
-    result = latest_usable(facts.labs.get(analyte, ()), window_start(order, protocol), ctx.now)
-    if result is None or result.value is None or not result.value < threshold:
+    candidates = governing(facts.labs.get(analyte, ()), start, ctx.now)
+    decisions = [(r, r.below(threshold)) for r in candidates]
+    low = next((r for r, below in decisions if below), None)
+    unit = unit_display(candidates[0].unit) if candidates else ""
+    if low is None:
+        undecided = next((r for r, below in decisions if below is None), None)
+        if undecided is not None:
+            return lab_limit(undecided, f"below {threshold:g} {unit}", order)
         return None
-    indicator_critical = protocol.rule(rule_id).indicator == "critical"
+    critical = protocol.rule(rule_id).indicator == "critical"
     return Finding(
         rule_id,
-        order.resource_id,
-        {"value": result_value(result), "date": result.local_date.isoformat()},
-        (result_evidence(result, f" (below {threshold:g} {unit_display(result.unit)})"),),
-        (SuggestionSpec("delete-order", order.resource_id),) if indicator_critical else (),
+        _order_id(order),
+        {"value": result_value(low), "date": low.local_date.isoformat()},
+        (result_evidence(low, f" (below {threshold:g} {unit})"),),
+        (SuggestionSpec("delete-order", order.resource_id),) if critical and order is not None else (),
     )
 
 
@@ -202,97 +243,206 @@ def _hepatic_line(result: LabResult, multiple: float, threshold: float) -> str:
     )
 
 
-def _hepatic_findings(
-    facts: PatientFacts, order: DraftOrder, protocol: Protocol, ctx: EvaluationContext
-) -> list[Finding]:
+def _limits(protocol: Protocol, grade: str) -> dict[str, float]:
     t = protocol.section("labs")["thresholds"]
-    start = window_start(order, protocol)
-    latest = {a: latest_usable(facts.labs.get(a, ()), start, ctx.now) for a in ("alt", "ast", "bilirubin")}
-    multiples = {a: multiple_of_uln(r) for a, r in latest.items() if r is not None}
-    multiples = {a: m for a, m in multiples.items() if m is not None}
-    delete = (SuggestionSpec("delete-order", order.resource_id),)
+    return {
+        "alt": float(t[f"transaminase_{grade}_uln"]),
+        "ast": float(t[f"transaminase_{grade}_uln"]),
+        "bilirubin": float(t[f"bilirubin_{grade}_uln"]),
+    }
 
-    def limits(grade: str) -> dict[str, float]:
-        return {
-            "alt": float(t[f"transaminase_{grade}_uln"]),
-            "ast": float(t[f"transaminase_{grade}_uln"]),
-            "bilirubin": float(t[f"bilirubin_{grade}_uln"]),
-        }
 
-    def graded(rule_id: str, grade: str) -> Finding | None:
-        lim = limits(grade)
-        over = [a for a, m in multiples.items() if m > lim[a]]
-        if not over:
-            return None
-        results = [latest[a] for a in over]
-        return Finding(
-            rule_id,
-            order.resource_id,
-            {
-                "findings": ", ".join(
-                    f"{analyte_label(a)} {format_multiple(multiples[a], lim[a])} x ULN" for a in over
-                ),
-                "details": "; ".join(_hepatic_line(latest[a], multiples[a], lim[a]) for a in over),  # type: ignore[arg-type]
-                "date": max(r.local_date for r in results if r is not None).isoformat(),
-            },
-            tuple(
-                result_evidence(latest[a], f" = {format_multiple(multiples[a], lim[a])} x ULN ({_uln_text(latest[a])})")  # type: ignore[arg-type]
-                for a in over
-            ),
-            delete,
-        )
+def _over(results: dict[str, list[LabResult]], limits: dict[str, float]) -> dict[str, LabResult]:
+    """analyte -> the first result above its limit x ULN."""
+    out: dict[str, LabResult] = {}
+    for analyte, candidates in results.items():
+        hit = next((r for r in candidates if r.above_uln(limits[analyte])), None)
+        if hit is not None:
+            out[analyte] = hit
+    return out
 
-    findings: list[Finding] = []
-    grade4 = graded("lab-hold.hepatotoxicity-grade4", "grade4")
-    if grade4 is not None:
-        findings.append(grade4)
+
+def _graded_finding(
+    rule_id: str, over: dict[str, LabResult], limits: dict[str, float], order: DraftOrder | None, **extra: object
+) -> Finding:
+    multiples = {a: multiple_of_uln(r) or 0.0 for a, r in over.items()}
+    return Finding(
+        rule_id,
+        _order_id(order),
+        {
+            "findings": ", ".join(f"{analyte_label(a)} {format_multiple(multiples[a], limits[a])} x ULN" for a in over),
+            "details": "; ".join(_hepatic_line(r, multiples[a], limits[a]) for a, r in over.items()),
+            "date": max(r.local_date for r in over.values()).isoformat(),
+            **extra,
+        },
+        tuple(
+            result_evidence(r, f" = {format_multiple(multiples[a], limits[a])} x ULN ({_uln_text(r)})")
+            for a, r in over.items()
+        ),
+        (SuggestionSpec("delete-order", order.resource_id),) if order is not None else (),
+    )
+
+
+def _hys_law(results: dict[str, list[LabResult]], protocol: Protocol, order: DraftOrder | None) -> Finding | None:
+    t = protocol.section("labs")["thresholds"]
     hys_t, hys_b = float(t["hys_transaminase_uln"]), float(t["hys_bilirubin_uln"])
-    transaminases = [a for a in ("alt", "ast") if multiples.get(a, 0) > hys_t]
-    if transaminases and multiples.get("bilirubin", 0) > hys_b:
-        top = max(transaminases, key=lambda a: multiples[a])
-        top_result, bili = latest[top], latest["bilirubin"]
-        assert top_result is not None and bili is not None
-        findings.append(
-            Finding(
-                "lab-hold.hys-law",
-                order.resource_id,
-                {
-                    "transaminase": analyte_label(top),
-                    "transaminase_value": result_value(top_result),
-                    "transaminase_multiple": format_multiple(multiples[top], hys_t),
-                    "bilirubin_value": result_value(bili),
-                    "bilirubin_multiple": format_multiple(multiples["bilirubin"], hys_b),
-                    "date": ", ".join(sorted({top_result.local_date.isoformat(), bili.local_date.isoformat()})),
-                },
-                (
-                    result_evidence(
-                        top_result, f" = {format_multiple(multiples[top], hys_t)} x ULN ({_uln_text(top_result)})"
-                    ),
-                    result_evidence(
-                        bili, f" = {format_multiple(multiples['bilirubin'], hys_b)} x ULN ({_uln_text(bili)})"
-                    ),
-                ),
-                delete,
+    transaminases = _over({a: results.get(a, []) for a in ("alt", "ast")}, {"alt": hys_t, "ast": hys_t})
+    bilirubin = _over({"bilirubin": results.get("bilirubin", [])}, {"bilirubin": hys_b})
+    if not transaminases or not bilirubin:
+        return None
+    top = max(transaminases, key=lambda a: multiple_of_uln(transaminases[a]) or 0.0)
+    top_result, bili = transaminases[top], bilirubin["bilirubin"]
+    top_multiple, bili_multiple = multiple_of_uln(top_result) or 0.0, multiple_of_uln(bili) or 0.0
+    return Finding(
+        "lab-hold.hys-law",
+        _order_id(order),
+        {
+            "transaminase": analyte_label(top),
+            "transaminase_value": result_value(top_result),
+            "transaminase_multiple": format_multiple(top_multiple, hys_t),
+            "bilirubin_value": result_value(bili),
+            "bilirubin_multiple": format_multiple(bili_multiple, hys_b),
+            "date": ", ".join(sorted({top_result.local_date.isoformat(), bili.local_date.isoformat()})),
+        },
+        (
+            result_evidence(top_result, f" = {format_multiple(top_multiple, hys_t)} x ULN ({_uln_text(top_result)})"),
+            result_evidence(bili, f" = {format_multiple(bili_multiple, hys_b)} x ULN ({_uln_text(bili)})"),
+        ),
+        (SuggestionSpec("delete-order", order.resource_id),) if order is not None else (),
+    )
+
+
+def _given(facts: PatientFacts) -> list[Administration]:
+    return [a for a in facts.administrations if not a.planned_in_request]
+
+
+def dated_after(result: LabResult, dose: Administration) -> bool:
+    """Whether a result was taken after a dose: instants when both carry one, local dates otherwise (strictly)."""
+    if dose.instant is not None and result.exact:
+        return result.effective > dose.instant
+    return result.local_date > dose.local_date
+
+
+def _liver_by_date(facts: PatientFacts, now: datetime, after: Administration) -> list[dict[str, list[LabResult]]]:
+    """Usable liver results dated after a dose, grouped by local date (oldest first)."""
+    days: dict[date, dict[str, list[LabResult]]] = {}
+    for analyte in ("alt", "ast", "bilirubin"):
+        for r in facts.labs.get(analyte, ()):
+            if r.usable and r.effective <= now and dated_after(r, after):
+                days.setdefault(r.local_date, {}).setdefault(analyte, []).append(r)
+    return [days[d] for d in sorted(days)]
+
+
+def _persistent_discontinuation(
+    facts: PatientFacts, order: DraftOrder | None, protocol: Protocol, ctx: EvaluationContext
+) -> list[Finding]:
+    """A Grade 4 or Hy's-law liver result after the first dose discontinues, whatever came later (13.6)."""
+    given = _given(facts)
+    if not given:
+        return []
+    grade4 = _limits(protocol, "grade4")
+    found: dict[str, Finding] = {}
+    for day in _liver_by_date(facts, ctx.now, given[0]):
+        over = _over(day, grade4)
+        if over:
+            rule_id = "lab-hold.hepatotoxicity-grade4"
+            found[rule_id] = _graded_finding(rule_id, over, grade4, order)
+        hys = _hys_law(day, protocol, order)
+        if hys is not None:
+            found["lab-hold.hys-law"] = hys
+    return list(found.values())
+
+
+def _persistent_grade3(
+    facts: PatientFacts, order: DraftOrder | None, protocol: Protocol, ctx: EvaluationContext
+) -> Finding | None:
+    """The newest Grade 3 liver result after the last dose, unless a later final result meets the resume
+    thresholds for ALT, AST and bilirubin (13.6)."""
+    given = _given(facts)
+    if not given:
+        return None
+    grade3 = _limits(protocol, "grade3")
+    t = protocol.section("labs")["thresholds"]
+    resume = {
+        "alt": float(t["resume_transaminase_uln"]),
+        "ast": float(t["resume_transaminase_uln"]),
+        "bilirubin": float(t["resume_bilirubin_uln"]),
+    }
+    days = _liver_by_date(facts, ctx.now, given[-1])
+    for index in range(len(days) - 1, -1, -1):
+        over = _over(days[index], grade3)
+        if not over:
+            continue
+        later = [r for day in days[index + 1 :] for rs in day.values() for r in rs if r.final]
+        newest = {a: next((r for r in reversed(later) if r.analyte == a), None) for a in resume}
+        resumed = all(r is not None and r.above_uln(resume[a]) is False for a, r in newest.items())
+        if resumed:
+            return None
+        return _graded_finding("lab-hold.hepatotoxicity-grade3", over, grade3, order)
+    return None
+
+
+def hepatic_findings(
+    facts: PatientFacts, order: DraftOrder | None, protocol: Protocol, ctx: EvaluationContext, start: date | None
+) -> list[Finding]:
+    current = {a: governing(facts.labs.get(a, ()), start, ctx.now) for a in ("alt", "ast", "bilirubin")}
+    given = _given(facts)
+    grade4, grade3 = _limits(protocol, "grade4"), _limits(protocol, "grade3")
+    findings: dict[str, Finding] = {}
+    over4 = _over(current, grade4)
+    hys = _hys_law(current, protocol, order)
+    treated = bool(given) and any(dated_after(r, given[0]) for rs in current.values() for r in rs)
+    if treated:
+        if over4:
+            findings["lab-hold.hepatotoxicity-grade4"] = _graded_finding(
+                "lab-hold.hepatotoxicity-grade4", over4, grade4, order
             )
+        if hys is not None:
+            findings["lab-hold.hys-law"] = hys
+    for finding in _persistent_discontinuation(facts, order, protocol, ctx):
+        findings.setdefault(finding.rule_id, finding)
+    if findings:  # a discontinuation supersedes the Grade 3 withhold
+        return list(findings.values())
+    over3 = _over(current, grade3)
+    if over3:
+        return [_graded_finding("lab-hold.hepatotoxicity-grade3", over3, grade3, order)]
+    if (over4 or hys is not None) and not treated:
+        # Before the first dose a Grade 4 / Hy's-law result is a hold for this dose, not a discontinuation (13.16).
+        over = over4 or _over(current, {a: 0.0 for a in current})
+        return [_graded_finding("lab-hold.hepatotoxicity-grade3", over, grade3, order)]
+    persistent = _persistent_grade3(facts, order, protocol, ctx)
+    if persistent is not None:
+        return [persistent]
+    undecided = next(
+        (r for rs in current.values() for r in rs if r.comparator and r.above_uln(grade3[r.analyte]) is None), None
+    )
+    if undecided is not None:  # e.g. ALT "<500": could be above 5 x ULN; never read as normal
+        return [lab_limit(undecided, f"above {grade3[undecided.analyte]:g} x ULN", order)]
+    return []
+
+
+def lab_holds(
+    facts: PatientFacts, order: DraftOrder | None, protocol: Protocol, ctx: EvaluationContext, start: date | None
+) -> list[Finding]:
+    findings = [
+        f
+        for f in (
+            below_finding("lab-hold.anc", "anc", "anc_below", facts, order, protocol, ctx, start),
+            below_finding("lab-hold.platelets", "platelets", "platelets_below", facts, order, protocol, ctx, start),
+            below_finding("lab-hold.hemoglobin", "hemoglobin", "hemoglobin_below", facts, order, protocol, ctx, start),
         )
-    if not findings:  # a discontinuation supersedes the Grade 3 withhold
-        grade3 = graded("lab-hold.hepatotoxicity-grade3", "grade3")
-        if grade3 is not None:
-            findings.append(grade3)
+        if f is not None
+    ]
+    findings.extend(hepatic_findings(facts, order, protocol, ctx, start))
     return findings
 
 
 def check_lab_holds(
     facts: PatientFacts, order: DraftOrder, protocol: Protocol, ctx: EvaluationContext
 ) -> list[Finding]:
-    findings = [
-        f
-        for f in (
-            _below("lab-hold.anc", "anc", "anc_below", facts, order, protocol, ctx),
-            _below("lab-hold.platelets", "platelets", "platelets_below", facts, order, protocol, ctx),
-            _below("lab-hold.hemoglobin", "hemoglobin", "hemoglobin_below", facts, order, protocol, ctx),
-        )
-        if f is not None
-    ]
-    findings.extend(_hepatic_findings(facts, order, protocol, ctx))
-    return findings
+    return lab_holds(facts, order, protocol, ctx, window_start(order, protocol))
+
+
+def current_lab_holds(facts: PatientFacts, protocol: Protocol, ctx: EvaluationContext) -> list[Finding]:
+    """The holds that apply now: the newest result of each analyte, whatever its date (13.9)."""
+    return lab_holds(facts, None, protocol, ctx, None)

@@ -1,5 +1,9 @@
 """Monitoring after the dose (spec/protocol.md section 5): one card per tarlatamab order.
 
+Escalation applies to the next dose given after the event only (section 13.2): the event must follow the
+last dose (instants when both carry one, local dates otherwise); a dose drafted earlier in the same request
+counts as that next dose.
+
 `monitoring.schedule` (info) with variant "extended" (22-24 h from infusion start) for the positions of
 `monitoring.extended.positions`, else "observation" with the hours of the first matching
 `monitoring.observation` row. `monitoring.escalated` (warning) instead when a Grade >= 2 CRS, ICANS or other
@@ -55,7 +59,7 @@ def escalating_episode(
     candidates = [
         e
         for e in facts.episodes
-        if e.kind in TOXICITY_NAMES and e.grade >= min_grade and onset_between(e, last.local_date, planned)
+        if e.kind in TOXICITY_NAMES and e.grade >= min_grade and onset_between(e, last, planned)
     ]
     if not candidates:
         return None

@@ -1,8 +1,9 @@
 """Premedication and hydration that are already ordered, as lines of the dose's plan card (section 4).
 
-`premedication.ordered` / `hydration.ordered` (role `plan`) report a companion order with the wanted amount
-for a dose that needs one, so that the plan card can say what is ordered. The problems (missing, wrong
-amount) stay with `rules/premedication.py`.
+`premedication.ordered` / `hydration.ordered` (role `plan`) report a companion order with the wanted amount,
+route and strength (the same test `rules/premedication.py` applies) for a dose that needs one, so that the
+plan card can say what is ordered. The problems (missing, wrong amount, route or strength) stay with
+`rules/premedication.py`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from ..facts import DraftOrder, PatientFacts
 from ..findings import Finding
 from ..protocol import Protocol
 from . import EvaluationContext
-from .premedication import companion_evidence, matching_companions, needs_premedication
+from .premedication import companion_evidence, matching_companions, needs_premedication, right_kind
 from .schedule import expected_dose
 
 _COMPANIONS = (
@@ -36,6 +37,7 @@ def check_companions_ordered(
             for c in matching_companions(facts, order, medication, protocol)  # type: ignore[arg-type]
             if (amount := c.dose_mg if medication == "dexamethasone" else c.volume_ml) is not None
             and abs(amount - wanted) <= tolerance
+            and right_kind(c)
         ]
         if found:
             findings.append(

@@ -1,8 +1,10 @@
 """Special populations and other pre-dose checks (spec/protocol.md sections 1 and 9).
 
 Decisions where the specification is silent:
-- The pregnancy-status check applies to females and also to patients whose administrative gender is absent,
-  "unknown" or "other" (pregnancy cannot be excluded), and when the age is unknown. When the schedule
+- The pregnancy checks apply only to patients whose administrative gender is female, unknown or absent, aged
+  12-55 (section 13.7), and when the age is unknown (it cannot be excluded). A positive hCG in any other
+  patient raises no pregnancy card. An active pregnancy Condition contradicted by a newer negative test is a
+  "reconcile" warning, not a critical card. When the schedule
   position is unknown (administration history unavailable) it is applied too; the contraception advice and
   the indication check, which are tied to C1D1, are not.
 - "Pregnant" is decided by the newest pregnancy evidence up to now; a positive result older than
@@ -20,7 +22,7 @@ from . import EvaluationContext, schedule
 from .labs import latest_usable_any_date, result_evidence, result_value
 
 # The first dose of treatment: contraception advice is given there (spec section 9, "every C1D1").
-_GENDERS_THAT_CANNOT_BE_EXCLUDED = (None, "unknown", "other")
+_GENDERS_THAT_CANNOT_BE_EXCLUDED = (None, "unknown")
 
 
 def _position_names(facts: PatientFacts, order: DraftOrder, protocol: Protocol) -> frozenset[str] | None:
@@ -42,12 +44,43 @@ def latest_pregnancy(facts: PatientFacts, ctx: EvaluationContext) -> PregnancyEv
     return next((e for e in facts.pregnancy if e.at <= ctx.now), None)
 
 
+def _contradicted_condition(
+    facts: PatientFacts, latest: PregnancyEvidence | None, ctx: EvaluationContext
+) -> PregnancyEvidence | None:
+    """An active pregnancy Condition older than the newest evidence when that is a negative test (13.7)."""
+    if latest is None or latest.status != "not-pregnant" or latest.source != "test":
+        return None
+    return next(
+        (e for e in facts.pregnancy if e.source == "condition" and e.status == "pregnant" and e.at <= latest.at),
+        None,
+    )
+
+
 def check_pregnancy(
     facts: PatientFacts, order: DraftOrder, protocol: Protocol, ctx: EvaluationContext
 ) -> list[Finding]:
     pops = protocol.section("populations")
     findings: list[Finding] = []
+    sex_applies = facts.gender == pops["pregnancy_check_sex"] or facts.gender in _GENDERS_THAT_CANNOT_BE_EXCLUDED
+    age = facts.age_on(order.planned_date)
+    age_applies = age is None or int(pops["pregnancy_check_age_min"]) <= age <= int(pops["pregnancy_check_age_max"])
+    if not (sex_applies and age_applies):
+        return findings
     latest = latest_pregnancy(facts, ctx)
+    reconcile = _contradicted_condition(facts, latest, ctx)
+    if reconcile is not None and latest is not None:
+        findings.append(
+            Finding(
+                "pregnancy.reconcile",
+                order.resource_id,
+                {
+                    "condition": reconcile.description,
+                    "test": latest.description,
+                    "test_date": latest.at.date().isoformat(),
+                },
+                (_evidence(reconcile), _evidence(latest)),
+            )
+        )
     pregnant = (
         latest is not None
         and latest.status == "pregnant"
@@ -59,17 +92,15 @@ def check_pregnancy(
             Finding(
                 "pregnancy.pregnant",
                 order.resource_id,
-                {"evidence": latest.description, "date": latest.at.date().isoformat()},
+                {
+                    "evidence": latest.description + (" (preliminary)" if latest.preliminary else ""),
+                    "date": latest.at.date().isoformat(),
+                },
                 (_evidence(latest),),
                 (SuggestionSpec("delete-order", order.resource_id),),
             )
         )
 
-    sex_applies = facts.gender == pops["pregnancy_check_sex"] or facts.gender in _GENDERS_THAT_CANNOT_BE_EXCLUDED
-    age = facts.age_on(order.planned_date)
-    age_applies = age is None or int(pops["pregnancy_check_age_min"]) <= age <= int(pops["pregnancy_check_age_max"])
-    if not (sex_applies and age_applies):
-        return findings
     names = _position_names(facts, order, protocol)
     if names is not None and not names & set(pops["pregnancy_check_positions"]):
         return findings
@@ -182,7 +213,7 @@ def check_organ_function(
     thresholds = protocol.section("labs")["thresholds"]
     findings: list[Finding] = []
     egfr = latest_usable_any_date(facts.labs.get("egfr", ()), ctx.now)
-    if egfr is not None and egfr.value is not None and egfr.value < float(thresholds["egfr_severe_below"]):
+    if egfr is not None and egfr.below(float(thresholds["egfr_severe_below"])):  # ">90" never reads as low
         findings.append(
             Finding(
                 "organ-function.renal",
@@ -195,7 +226,7 @@ def check_organ_function(
     limit = float(thresholds["hepatic_impairment_bilirubin_uln"])
     if bilirubin is not None and bilirubin.value is not None and bilirubin.uln:
         multiple = clean(bilirubin.value / bilirubin.uln)
-        if multiple > limit:
+        if bilirubin.above_uln(limit):
             findings.append(
                 Finding(
                     "organ-function.hepatic",

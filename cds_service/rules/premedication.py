@@ -1,7 +1,10 @@
-"""Dexamethasone premedication and saline hydration at C1D1, C1D8, R1, R2 (spec/protocol.md section 4).
+"""Dexamethasone premedication and saline hydration at C1D1, C1D8, R1, R2 (spec/protocol.md 4, 13.1, 13.17).
 
-A companion order counts for the tarlatamab dose when it is a draft of the same request, or an active
-order whose own planned date lies within `premedication.match_window_days` of the tarlatamab planned date.
+A companion order covers the tarlatamab dose when it is a draft of the same request (undated, or planned for
+the same local date), or an active order planned for the same local date or, without timing, authored on that
+date or up to `premedication.authored_days_before` days before. A leftover order of an earlier dose never
+covers a later dose. Dexamethasone must be 8 mg IV; hydration 0.9% sodium chloride 1000 mL IV: another stated
+route, strength or volume is a warning naming what differs (no route stated is accepted, 13.17).
 The indicator is left to the protocol (warning at order-sign, info at order-select).
 When the administration history is unavailable the position is unknown: no card here (the critical
 `data-quality.dose-history` card already says the checks could not run).
@@ -31,19 +34,21 @@ def matching_companions(
     medication: Literal["dexamethasone", "sodium_chloride"],
     protocol: Protocol,
 ) -> list[CompanionOrder]:
-    window = int(protocol.section("premedication")["match_window_days"])
-    return [
-        c
-        for c in facts.companion_orders
-        if c.medication == medication
-        and (
-            # An undated draft of this request goes with the tarlatamab order it is signed with; a dated one (or
-            # an active order) only with the dose planned within the window (C1D1 and C1D8 signed together each
-            # need their own premedication).
-            (c.in_request and c.planned_date is None)
-            or (c.planned_date is not None and abs((c.planned_date - order.planned_date).days) <= window)
-        )
-    ]
+    before = int(protocol.section("premedication")["authored_days_before"])
+    return [c for c in facts.companion_orders if c.medication == medication and covers(c, order, before)]
+
+
+def covers(companion: CompanionOrder, order: DraftOrder, authored_days_before: int) -> bool:
+    """Whether a premedication / hydration order covers the tarlatamab dose of `order` (section 13.1)."""
+    if companion.planned_date is not None:
+        # A dated order (a draft of this request or an active order) covers the dose of its own local date only:
+        # C1D1 and C1D8 signed together each need their own premedication.
+        return companion.planned_date == order.planned_date
+    if companion.in_request:
+        return True  # an undated draft goes with the tarlatamab order it is signed with
+    if companion.authored_on is None:
+        return False
+    return 0 <= (order.planned_date - companion.authored_on).days <= authored_days_before
 
 
 def companion_evidence(companions: list[CompanionOrder], label: str) -> tuple[Evidence, ...]:
@@ -86,6 +91,8 @@ class _Companion:
     amount_rule: str
     shown_key: str  # finding value holding the ordered amounts
     order_label: str
+    route_rule: str
+    strength_rule: str | None = None
 
 
 _DEXAMETHASONE = _Companion(
@@ -98,6 +105,7 @@ _DEXAMETHASONE = _Companion(
     amount_rule="premedication.dexamethasone-dose",
     shown_key="ordered_dose",
     order_label="Dexamethasone order",
+    route_rule="premedication.dexamethasone-route",
 )
 
 _SALINE = _Companion(
@@ -110,6 +118,8 @@ _SALINE = _Companion(
     amount_rule="hydration.saline-volume",
     shown_key="ordered_volume",
     order_label="Sodium chloride order",
+    route_rule="hydration.saline-route",
+    strength_rule="hydration.saline-strength",
 )
 
 
@@ -130,17 +140,27 @@ def _check_companion(spec: _Companion, facts: PatientFacts, order: DraftOrder, p
                 suggestions=(SuggestionSpec(spec.suggestion, order.resource_id),),
             )
         ]
-    if any(_is_amount(spec.amount(c), wanted, protocol) for c in found):
+    if any(_is_amount(spec.amount(c), wanted, protocol) and right_kind(c) for c in found):
         return []
-    shown = "; ".join(c.dose_display or "no amount stated" for c in found)
-    return [
-        Finding(
-            rule_id=spec.amount_rule,
-            order_id=order.resource_id,
-            values={**values, spec.shown_key: shown},
-            evidence=(*_base_evidence(order, expected), *companion_evidence(found, spec.order_label)),
-        )
-    ]
+    evidence = (*_base_evidence(order, expected), *companion_evidence(found, spec.order_label))
+    findings: list[Finding] = []
+    wrong_route = [c for c in found if c.route_iv is False]
+    if wrong_route:
+        route = "; ".join(sorted({c.route or "another route" for c in wrong_route}))
+        findings.append(Finding(spec.route_rule, order.resource_id, {**values, "route": route}, evidence))
+    wrong_strength = [c for c in found if c.strength_display is not None]
+    if spec.strength_rule is not None and wrong_strength:
+        strength = "; ".join(sorted({c.strength_display or "" for c in wrong_strength}))
+        findings.append(Finding(spec.strength_rule, order.resource_id, {**values, "strength": strength}, evidence))
+    if not any(_is_amount(spec.amount(c), wanted, protocol) for c in found):
+        shown = "; ".join(c.dose_display or "no amount stated" for c in found)
+        findings.append(Finding(spec.amount_rule, order.resource_id, {**values, spec.shown_key: shown}, evidence))
+    return findings
+
+
+def right_kind(companion: CompanionOrder) -> bool:
+    """IV (or no route stated, 13.17) and, for sodium chloride, 0.9% (or no strength stated)."""
+    return companion.route_iv is not False and companion.strength_display is None
 
 
 def check_premedication(

@@ -1,7 +1,9 @@
 """The patient-view summary card (spec/service.md): next dose, its monitoring, labs due, holds.
 
 The summary reuses the per-order rules on the next planned dose, so a hold shown here is exactly the
-hold an order for that dose would meet at order-sign.
+hold an order for that dose would meet at order-sign; in addition it reports every laboratory hold that
+applies now, from the newest result of each analyte whatever its date (section 13.9). A result that cannot
+decide a threshold is a data-quality card beside the summary, never hidden (13.15).
 """
 
 from __future__ import annotations
@@ -68,12 +70,19 @@ def patient_summary(facts: PatientFacts, protocol: Protocol, ctx: EvaluationCont
         dose=Dose(mg=float(expected.dose_mg), raw_value=str(expected.dose_mg), raw_unit="mg"),
     )
     plan_ctx = EvaluationContext(hook="patient-view", now=ctx.now)
+    planned_findings = [f for rule in HOLD_RULES for f in rule(facts, next_dose, protocol, plan_ctx)]
+    current = labs.current_lab_holds(facts, protocol, plan_ctx)
+    held = {f.rule_id for f in planned_findings}
+    candidates = [*planned_findings, *(f for f in current if f.rule_id not in held)]
     holds = tuple(
         _without_pseudo_order(f)
-        for rule in HOLD_RULES
-        for f in rule(facts, next_dose, protocol, plan_ctx)
+        for f in candidates
         if (f.indicator or protocol.rule(f.rule_id).indicator) == "critical"
     )
+    limits: dict[str, Finding] = {}
+    for f in candidates:
+        if f.rule_id == "data-quality.lab-limit":
+            limits.setdefault(f"{f.values.get('label')}|{f.values.get('date')}", replace(f, order_id=None))
     monitoring_findings = tuple(
         _without_pseudo_order(f) for f in monitoring.check_monitoring(facts, next_dose, protocol, plan_ctx)
     )
@@ -119,7 +128,8 @@ def patient_summary(facts: PatientFacts, protocol: Protocol, ctx: EvaluationCont
                 ("monitoring", monitoring_findings),
                 ("labs", labs_due),
             ),
-        )
+        ),
+        *limits.values(),
     ]
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from ..facts import DraftOrder, PatientFacts, ToxicityEpisode
-from ..facts_clinical import merge_overlapping
+from ..facts.toxicity import merge_overlapping
 from ..findings import Evidence, Finding, SuggestionSpec
 from ..protocol import Protocol
-from . import EvaluationContext
+from ..units import analyte_label
+from . import EvaluationContext, labs
 
 _KIND_NAME = {"crs": "CRS", "icans": "ICANS", "neurotox": "neurologic toxicity"}
 
@@ -35,6 +36,8 @@ def episode_evidence(episode: ToxicityEpisode) -> Evidence:
         state = "resolved (date not recorded)"
     if not episode.active and episode.improved_at is not None and episode.improved_at != episode.resolved_at:
         state += f", improved {_day(episode.improved_at)}"
+    if episode.preliminary:
+        state += " (preliminary result)"
     return Evidence(
         label=f"{_KIND_NAME[episode.kind]} episode",
         value=f"Grade {grade_text(episode)}, {state}",
@@ -61,7 +64,7 @@ def check_crs(facts: PatientFacts, order: DraftOrder, protocol: Protocol, ctx: E
         values = {"grade": grade_text(worst), "onset_date": _day(worst.onset)}
         evidence = tuple(episode_evidence(e) for e in active)
         findings.append(Finding("crs.active", order.resource_id, values, evidence, (_delete(order),)))
-        findings.append(Finding("crs.electrolytes", order.resource_id, values, evidence))
+        findings.append(electrolytes_line(facts, order, protocol, ctx, values, evidence))
     grade4 = [e for e in crs if e.grade >= 4]
     if grade4:
         latest = grade4[-1]
@@ -86,6 +89,35 @@ def check_crs(facts: PatientFacts, order: DraftOrder, protocol: Protocol, ctx: E
             )
         )
     return findings
+
+
+def electrolytes_line(
+    facts: PatientFacts,
+    order: DraftOrder,
+    protocol: Protocol,
+    ctx: EvaluationContext,
+    values: dict[str, object],
+    evidence: tuple[Evidence, ...],
+) -> Finding:
+    """Sodium, potassium and uric acid while CRS is active: an info line of the CRS card (section 13.8), with
+    the results of the lab window or what is missing; the dose is withheld anyway."""
+    start = labs.window_start(order, protocol)
+    lines: list[Evidence] = []
+    missing: list[str] = []
+    for analyte in protocol.section("labs")["crs_required"]:
+        result = labs.latest_usable(facts.labs.get(analyte, ()), start, ctx.now)
+        if result is None:
+            missing.append(analyte_label(analyte))
+            lines.append(Evidence(analyte_label(analyte), f"no result since {start.isoformat()}"))
+        else:
+            lines.append(labs.result_evidence(result))
+    status = f"not available: {', '.join(missing)}" if missing else "all available"
+    return Finding(
+        "crs.electrolytes",
+        order.resource_id,
+        {**values, "electrolytes": status},
+        (*evidence, *lines),
+    )
 
 
 # --- neurologic toxicity -----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Typed, unit-normalised facts about a patient: what the rules read. No FHIR JSON beyond this line.
 
-Built by `patient_facts.build_facts` from the gathered FHIR resources. Values that could not be interpreted
+Built by `facts.build.build_facts` from the gathered FHIR resources (read through `cds_service.reading`).
+Values that could not be interpreted
 are kept with a `problem` (never dropped, never read as normal).
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Literal
+
+from ..reading.quantities import clean, decides_above, decides_below
 
 ToxicityKind = Literal["crs", "icans", "neurotox"]
 
@@ -23,6 +26,8 @@ class DataIssue:
     reference: str | None = None  # "Observation/obs-1"
     element: str | None = None  # "valueQuantity.code"
     affects: str | None = None  # which check could not run, e.g. "ANC", "schedule position"
+    # "critical" for an unreadable element of a draft tarlatamab order the checks need (the dose, ...)
+    severity: Literal["critical", "warning"] = "warning"
 
 
 @dataclass(frozen=True)
@@ -73,13 +78,20 @@ class SchedulePosition:
 
 @dataclass(frozen=True)
 class Administration:
-    """A tarlatamab dose given (MedicationAdministration completed / in-progress / stopped)."""
+    """A tarlatamab dose given: the records of one local date (split or interrupted infusions) taken as one.
+
+    `start` sorts doses and compares them with the evaluation time; `instant` is set only when the record
+    carries a time and an offset (used to order events, spec section 12).
+    """
 
     resource_id: str
     status: str
     start: datetime
     local_date: date  # calendar date as written in the resource
     dose: Dose
+    instant: datetime | None = None
+    records: tuple[str, ...] = ()  # every MedicationAdministration id of this local date
+    dose_source: Literal["dosage", "product", "none"] = "dosage"
     position: SchedulePosition | None = None  # filled in by the schedule reconstruction
     restart_reason: str | None = None  # "delay" or "crs-grade3" when this dose is R1
     # A dose drafted earlier in the same request (orders signed together), taken as given when judging
@@ -90,7 +102,8 @@ class Administration:
     def reference(self) -> str:
         if self.planned_in_request:
             return f"MedicationRequest/{self.resource_id}"
-        return f"MedicationAdministration/{self.resource_id}"
+        ids = self.records or (self.resource_id,)
+        return ", ".join(f"MedicationAdministration/{i}" for i in ids)
 
 
 @dataclass(frozen=True)
@@ -107,6 +120,7 @@ class DraftOrder:
     duration_minutes: float | None = None
     duration_display: str | None = None
     selected: bool = True  # order-select: listed in context.selections
+    product_mg: float | None = None  # strength of the kit named on the order (1 mg or 10 mg kit), if any
     resource: dict[str, object] = field(default_factory=dict, compare=False, repr=False)  # for suggestions
 
 
@@ -122,6 +136,10 @@ class CompanionOrder:
     dose_mg: float | None = None  # dexamethasone
     volume_ml: float | None = None  # sodium chloride
     dose_display: str | None = None
+    route: str | None = None  # the route as written; None when no route is stated
+    route_iv: bool | None = None  # None: no route stated (accepted, spec 13.17)
+    strength_display: str | None = None  # sodium chloride concentration as written ("3%"), when not 0.9%
+    authored_on: date | None = None  # local date of authoredOn (covers a dose without timing, 13.1)
 
 
 @dataclass(frozen=True)
@@ -139,16 +157,41 @@ class LabResult:
     uln: float | None = None  # canonical unit
     uln_source: Literal["reference range", "default", "none"] = "none"
     problem: str | None = None  # why the value is unusable
+    comparator: str | None = None  # "<", "<=", ">", ">=": `value` is a bound
+    preliminary: bool = False  # may raise a finding, never satisfies a required lab or clears a hold
+    exact: bool = False  # `effective` carries a time and an offset (an instant)
 
     @property
     def usable(self) -> bool:
         return self.value is not None and self.problem is None
 
     @property
+    def final(self) -> bool:
+        """A usable result that may satisfy a requirement and clear a hold."""
+        return self.usable and not self.preliminary
+
+    @property
     def display(self) -> str:
         if self.raw_value is None:
             return "no value"
-        return f"{self.raw_value} {self.raw_unit or '(no unit)'}"
+        return f"{self.comparator or ''}{self.raw_value} {self.raw_unit or '(no unit)'}"
+
+    def below(self, threshold: float) -> bool | None:
+        """Whether the result is below `threshold` (canonical unit); None when unusable or undecided."""
+        if not self.usable or self.value is None:
+            return None
+        return decides_below(self.value, self.comparator, threshold)
+
+    def above(self, threshold: float) -> bool | None:
+        if not self.usable or self.value is None:
+            return None
+        return decides_above(self.value, self.comparator, threshold)
+
+    def above_uln(self, multiple: float) -> bool | None:
+        """Whether the result is above `multiple` x ULN; None when unusable, without ULN, or undecided."""
+        if not self.usable or self.value is None or not self.uln:
+            return None
+        return decides_above(clean(self.value / self.uln), self.comparator, multiple)
 
 
 @dataclass(frozen=True)
@@ -162,6 +205,9 @@ class GradePoint:
     source: Literal["condition", "grade-observation", "ice-score"]
     ice_score: int | None = None
     unspecified: bool = False  # coded grade unspecified; grade holds the protocol's assumed grade
+    preliminary: bool = False
+    local_date: date | None = None
+    exact: bool = False  # `at` carries a time and an offset
 
 
 @dataclass(frozen=True)
@@ -176,6 +222,16 @@ class ToxicityEpisode:
     resolved_at: datetime | None = None
     unspecified: bool = False
     references: tuple[str, ...] = ()
+    onset_date: date | None = None  # local date as written (None: from `onset`)
+    onset_exact: bool = False  # `onset` carries a time and an offset
+    # "recorded": grade observations; "condition": a coded Condition; "ice": known only from ICE scores
+    # (resolves at a later ICE 10, section 13.3)
+    series: Literal["recorded", "condition", "ice"] = "recorded"
+    preliminary: bool = False  # known only from preliminary records
+
+    @property
+    def onset_local(self) -> date:
+        return self.onset_date or self.onset.date()
 
 
 @dataclass(frozen=True)
@@ -184,6 +240,8 @@ class PregnancyEvidence:
     at: datetime
     reference: str
     description: str  # e.g. "hCG (urine) negative", "pregnancy status: not pregnant"
+    source: Literal["test", "condition"] = "test"
+    preliminary: bool = False
 
 
 @dataclass(frozen=True)
@@ -214,6 +272,7 @@ class PatientFacts:
     active_infections: tuple[CodedCondition, ...]
     issues: tuple[DataIssue, ...] = ()
     unavailable: frozenset[str] = frozenset()  # datasets that could not be obtained at all
+    today: date | None = None  # the evaluation time's local date in the site time zone
 
     def age_on(self, day: date) -> int | None:
         if self.birth_date is None:

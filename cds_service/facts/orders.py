@@ -1,18 +1,13 @@
-"""Order facts from MedicationRequest / MedicationAdministration / MedicationStatement resources.
+"""Order facts: draft tarlatamab orders, premedication / hydration orders, platinum history.
 
-Everything is selected with cheap dict work first (resource type, medication code, status); only the
-selected tarlatamab administrations are validated with fhir.resources (the engine has already validated
-the draft tarlatamab orders).
+Reads MedicationRequest / MedicationStatement resources through `cds_service.reading`. Only the elements
+the rules read are validated (spec/protocol.md section 12): a draft whose `category` or `reasonCode` is
+malformed is read as any other; an unreadable element the checks need (the dose, the planned date) is a
+`DataIssue` of the draft ("critical" for the dose: the order cannot be verified).
 
 Decisions where the spec is silent:
-- An administration whose status counts as given and whose date can be read counts as a dose even when the
-  resource is otherwise invalid FHIR or its dose cannot be converted: a readable date means a dose was given,
-  and leaving it out could make the service expect a step-up dose that was already given, or miss a too-early
-  dose. The problem is reported as a DataIssue ("schedule position") so the clinician sees it.
-- An administration whose date cannot be read (missing, or only a year/month) cannot be placed in the
-  schedule: it is left out of the history and reported as a DataIssue.
-- Dates are the YYYY-MM-DD part as written in the resource (no time-zone conversion). A date-time without
-  an offset, or a bare date, is read as UTC for ordering doses given on the same day.
+- An order without timing is planned for the evaluation date in the site's time zone (section 12).
+- An active premedication order without timing is taken for the day it was authored (section 13.1).
 """
 
 from __future__ import annotations
@@ -20,60 +15,36 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Any, Literal
 
-from .codes import MedicationIndex
-from .facts import Administration, CompanionOrder, DataIssue, Dose, DraftOrder, ToxicityEpisode
-from .fhir_validation import first_problem
-from .protocol import Protocol
-from .rules.schedule import assign_positions
-from .units import table_factor
+from ..fhir_validation import first_problem
+from ..protocol import Protocol
+from ..reading.codes import codings, concept_text
+from ..reading.dates import local_date
+from ..reading.medications import MedicationIndex
+from ..reading.quantities import convert, number_text, raw_unit_of
+from .history import dose_from_quantity, product_dose
+from .model import CompanionOrder, DataIssue, Dose, DraftOrder
 
-_DATE_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
 _INACTIVE_REQUEST = frozenset({"cancelled", "entered-in-error", "stopped", "completed", "revoked"})
 _NOT_GIVEN = frozenset({"not-done", "entered-in-error", "not-taken"})
+_PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%")
+
+# The elements of a draft tarlatamab order the checks read; a problem anywhere else is ignored.
+DRAFT_READ_ELEMENTS = frozenset(
+    {"resourceType", "id", "medicationCodeableConcept", "medicationReference", "contained", "dosageInstruction"}
+)
 
 PlannedSource = Literal["timing.event", "timing.repeat.boundsPeriod.start", "evaluation time"]
 
 
 @dataclass(frozen=True)
 class OrderFacts:
-    administrations: tuple[Administration, ...] = ()
     draft_orders: tuple[DraftOrder, ...] = ()
     companion_orders: tuple[CompanionOrder, ...] = ()
     platinum_history: tuple[str, ...] = ()
     issues: tuple[DataIssue, ...] = ()
-
-
-# --- small readers ----------------------------------------------------------------------------------
-def local_date(value: Any) -> date | None:
-    """The calendar date written in a FHIR date/dateTime string (None when it has no full date)."""
-    if not isinstance(value, str):
-        return None
-    match = _DATE_RE.match(value)
-    if match is None:
-        return None
-    try:
-        return date(int(match[1]), int(match[2]), int(match[3]))
-    except ValueError:
-        return None
-
-
-def instant(value: str, day: date) -> datetime:
-    """The moment of a FHIR dateTime (timezone-aware; a bare date or no offset is read as UTC)."""
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        moment = datetime(day.year, day.month, day.day)
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-def number_text(value: float) -> str:
-    """A number as a clinician writes it (10, 0.5, 1000)."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def _text(value: Any) -> str | None:
@@ -92,40 +63,6 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)
-
-
-def quantity_unit(quantity: dict[str, Any]) -> str | None:
-    """The unit of a Quantity: its UCUM `code`, else its `unit` text."""
-    for key in ("code", "unit"):
-        unit = quantity.get(key)
-        if isinstance(unit, str) and unit.strip():
-            return unit.strip()
-    return None
-
-
-def convert_quantity(quantity: Any, table: dict[str, Any]) -> tuple[float | None, str | None, str | None, str | None]:
-    """(converted value, raw value, raw unit, problem) of a Quantity against a unit -> factor table."""
-    if not isinstance(quantity, dict):
-        return None, None, None, "no amount stated"
-    value = _number(quantity.get("value"))
-    unit = quantity_unit(quantity)
-    if value is None:
-        return None, None, unit, "no numeric amount stated"
-    raw = number_text(value)
-    if unit is None:
-        return None, raw, None, "no unit stated"
-    matched = table_factor(table, quantity)
-    if matched is None:
-        return None, raw, unit, f"the unit {unit!r} cannot be converted"
-    return value * matched[0], raw, unit, None
-
-
-def dose_from_quantity(quantity: Any, protocol: Protocol) -> Dose:
-    """A tarlatamab dose in mg from a Quantity (units of `doses.unit_to_mg`)."""
-    mg, raw, unit, problem = convert_quantity(quantity, protocol.section("doses")["unit_to_mg"])
-    if problem is not None:
-        problem = "no dose stated" if quantity is None else problem.replace("converted", "converted to mg")
-    return Dose(mg=mg, raw_value=raw, raw_unit=unit, problem=problem)
 
 
 def _dosage_instructions(resource: dict[str, Any]) -> list[dict[str, Any]]:
@@ -160,11 +97,11 @@ def order_dose(resource: dict[str, Any], protocol: Protocol) -> Dose:
     if entry is None or ("doseQuantity" not in entry and "doseRange" not in entry):
         return Dose(mg=None, problem="no dose stated")
     if "doseRange" in entry:
-        rng = entry["doseRange"] if isinstance(entry["doseRange"], dict) else {}
+        rng = _mapping(entry["doseRange"])
         low, high = _mapping(rng.get("low")), _mapping(rng.get("high"))
         lo, hi = _number(low.get("value")), _number(high.get("value"))
         raw = f"{number_text(lo) if lo is not None else '?'}-{number_text(hi) if hi is not None else '?'}"
-        unit = quantity_unit(low) or quantity_unit(high)
+        unit = raw_unit_of(low) or raw_unit_of(high)
         return Dose(mg=None, raw_value=raw, raw_unit=unit, problem="the dose is a range, not a single amount")
     first = dose_from_quantity(entry["doseQuantity"], protocol)
     others = [e for e in _all_dose_and_rates(resource) if e is not entry and ("doseQuantity" in e or "doseRange" in e)]
@@ -182,10 +119,7 @@ def order_dose(resource: dict[str, Any], protocol: Protocol) -> Dose:
 
 
 def planned_date_of(resource: dict[str, Any]) -> tuple[date | None, PlannedSource | None, str | None]:
-    """(planned date, source, unreadable value) from timing.event, else timing.repeat.boundsPeriod.start.
-
-    A value that is present but has no full date is returned as the third element (it is skipped).
-    """
+    """(planned date, source, unreadable value) from timing.event, else timing.repeat.boundsPeriod.start."""
     unreadable: str | None = None
     instructions = _dosage_instructions(resource)
     for instruction in instructions:
@@ -216,10 +150,10 @@ def order_rate(resource: dict[str, Any], protocol: Protocol) -> tuple[float | No
             if not isinstance(entry, dict):
                 continue
             if "rateQuantity" in entry:
-                value, raw, unit, problem = convert_quantity(entry["rateQuantity"], table)
-                if problem is None:
-                    return value, None
-                return None, f"{raw or 'no value'} {unit or '(no unit)'}"
+                converted = convert(entry["rateQuantity"], table)
+                if converted.problem is None and converted.comparator is None:
+                    return converted.value, None
+                return None, f"{converted.raw_value or 'no value'} {converted.raw_unit or '(no unit)'}"
             if "rateRatio" in entry or "rateRange" in entry:
                 return None, "a rate written as a ratio or range"
     return None, None
@@ -242,129 +176,88 @@ def order_duration(resource: dict[str, Any], protocol: Protocol) -> tuple[float 
     return None, None
 
 
-# --- administrations ----------------------------------------------------------------------------------
-def _administration_issue(resource: dict[str, Any], message: str, element: str | None) -> DataIssue:
-    return DataIssue(
-        kind="unusable",
-        dataset="administrations",
-        message=message,
-        reference=f"MedicationAdministration/{resource.get('id')}",
-        element=element,
-        affects="schedule position",
-    )
-
-
-def read_administration(resource: dict[str, Any], protocol: Protocol) -> tuple[Administration | None, list[DataIssue]]:
-    """A given tarlatamab dose (None when its date cannot be read), with the problems found in it."""
-    issues: list[DataIssue] = []
-    problem = first_problem(resource)
-    if problem is not None:
-        element, message = problem
-        issues.append(_administration_issue(resource, f"The administration is not valid FHIR: {message}.", element))
-    period = resource.get("effectivePeriod")
-    written = resource.get("effectiveDateTime")
-    element = "effectiveDateTime"
-    if written is None and isinstance(period, dict):
-        written, element = period.get("start"), "effectivePeriod.start"
-    day = local_date(written)
-    if day is None or not isinstance(written, str):
-        issues.append(
-            _administration_issue(
-                resource,
-                "A tarlatamab dose is recorded without a readable date; it could not be placed in the schedule, "
-                "so the schedule position of the next dose may be wrong.",
-                element,
-            )
-        )
-        return None, issues
-    dosage = resource.get("dosage")
-    dose = dose_from_quantity(dosage.get("dose") if isinstance(dosage, dict) else None, protocol)
-    if dose.mg is None:
-        issues.append(
-            _administration_issue(
-                resource,
-                f"The dose given on {day.isoformat()} could not be read ({dose.problem}); a restart step-up dose "
-                "cannot be recognised.",
-                "dosage.dose",
-            )
-        )
-    adm = Administration(
-        resource_id=str(resource.get("id")),
-        status=str(resource.get("status")),
-        start=instant(written, day),
-        local_date=day,
-        dose=dose,
-    )
-    return adm, issues
-
-
-def given_tarlatamab(resources: Iterable[dict[str, Any]], index: MedicationIndex) -> list[dict[str, Any]]:
-    """Tarlatamab MedicationAdministrations whose status counts as a dose given (cheap dict work)."""
-    statuses = set(index.protocol.data["administration_statuses_given"])
-    return [
-        r
-        for r in resources
-        if r.get("resourceType") == "MedicationAdministration"
-        and _text(r.get("status")) in statuses
-        and index.is_(r, "tarlatamab")
-    ]
-
-
-def build_administrations(
-    resources: Iterable[dict[str, Any]],
-    episodes: tuple[ToxicityEpisode, ...],
-    protocol: Protocol,
-    index: MedicationIndex | None = None,
-) -> tuple[tuple[Administration, ...], list[DataIssue]]:
-    issues: list[DataIssue] = []
-    doses: list[Administration] = []
-    for resource in given_tarlatamab(resources, index or MedicationIndex(protocol)):
-        adm, found = read_administration(resource, protocol)
-        issues.extend(found)
-        if adm is not None:
-            doses.append(adm)
-    doses.sort(key=lambda a: (a.local_date, a.start, a.resource_id))
-    return assign_positions(doses, episodes, protocol), issues
-
-
 # --- draft tarlatamab orders ----------------------------------------------------------------------------
 def _selected_ids(selections: tuple[str, ...]) -> set[str]:
     return {s.split("/", 1)[1] for s in selections if s.startswith("MedicationRequest/")}
 
 
+def _draft_issue(resource: dict[str, Any], message: str, element: str, affects: str, critical: bool) -> DataIssue:
+    return DataIssue(
+        kind="unusable",
+        dataset="draftOrders",
+        message=message,
+        reference=f"MedicationRequest/{resource.get('id')}",
+        element=element,
+        affects=affects,
+        severity="critical" if critical else "warning",
+    )
+
+
 def read_draft_order(
-    resource: dict[str, Any], *, protocol: Protocol, now: datetime, selected: bool
+    resource: dict[str, Any],
+    *,
+    protocol: Protocol,
+    today: date,
+    selected: bool,
+    index: MedicationIndex | None = None,
 ) -> tuple[DraftOrder, list[DataIssue]]:
+    """A draft tarlatamab order; unreadable elements the checks need are issues, never a rejection."""
     issues: list[DataIssue] = []
     planned, source, unreadable = planned_date_of(resource)
     if unreadable is not None:
         issues.append(
-            DataIssue(
-                kind="unusable",
-                dataset="draftOrders",
-                message=f"The planned administration time {unreadable!r} has no full date; "
+            _draft_issue(
+                resource,
+                f"The planned administration time {unreadable!r} has no full date; "
                 + ("the next stated date was used." if planned else "the evaluation date was used."),
-                reference=f"MedicationRequest/{resource.get('id')}",
-                element="dosageInstruction.timing",
-                affects="planned administration date",
+                "dosageInstruction.timing",
+                "planned administration date",
+                critical=False,
             )
         )
     if planned is None or source is None:
-        planned, source = now.date(), "evaluation time"
+        planned, source = today, "evaluation time"
+    dose = order_dose(resource, protocol)
+    problem = first_problem(resource, DRAFT_READ_ELEMENTS)
+    if problem is not None:
+        element, message = problem
+        reads = "dose" if "doseQuantity" in element or "doseRange" in element else "order"
+        issues.append(
+            _draft_issue(
+                resource,
+                f"The draft tarlatamab order could not be fully read ({element}: {message}); "
+                f"the {reads} was not verified.",
+                element,
+                "tarlatamab order",
+                critical=True,
+            )
+        )
+    elif dose.mg is None and dose.problem not in ("several different doses are stated on the order",):
+        issues.append(
+            _draft_issue(
+                resource,
+                f"The dose of the draft tarlatamab order could not be read ({dose.problem}).",
+                "dosageInstruction.doseAndRate.doseQuantity",
+                "tarlatamab dose",
+                critical=True,
+            )
+        )
     rate, rate_display = order_rate(resource, protocol)
     duration, duration_display = order_duration(resource, protocol)
+    concept = (index or MedicationIndex(protocol)).concept(resource)
     order = DraftOrder(
         resource_id=str(resource.get("id")),
         status=str(resource.get("status")),
         planned_date=planned,
         planned_source=source,
-        dose=order_dose(resource, protocol),
+        dose=dose,
         rate_ml_per_h=rate,
         rate_display=rate_display,
         duration_minutes=duration,
         duration_display=duration_display,
         selected=selected,
         resource=resource,
+        product_mg=product_dose(concept, protocol),
     )
     return order, issues
 
@@ -383,39 +276,70 @@ def _companion_kind(
     return None
 
 
+def order_route(resource: dict[str, Any], protocol: Protocol) -> tuple[str | None, bool | None]:
+    """(route as written, whether it is intravenous) of dosageInstruction[0].route; (None, None) when absent."""
+    instructions = _dosage_instructions(resource)
+    route = instructions[0].get("route") if instructions else None
+    if not isinstance(route, dict):
+        return None, None
+    premed = protocol.section("premedication")
+    iv_codes = {str(c) for c in premed.get("iv_route_codes", ())}
+    iv_text = [str(t).lower() for t in premed.get("iv_route_text", ())]
+    shown = _text(route.get("text")) or next((d or c for _, c, d in codings(route) if d or c), None)
+    if shown is None:
+        return None, None
+    if any(code in iv_codes for _, code, _ in codings(route)):
+        return shown, True
+    text = concept_text(route)
+    words = set(re.findall(r"[a-z]+", text))
+    return shown, any(t in text if " " in t or len(t) > 3 else t in words for t in iv_text)
+
+
+def saline_strength(concept: dict[str, Any] | None, protocol: Protocol) -> str | None:
+    """The concentration written on a sodium chloride order when it is not 0.9% (None: 0.9% or not stated)."""
+    wanted = float(protocol.section("premedication").get("saline_percent", 0.9))
+    found = {float(m) for m in _PERCENT.findall(concept_text(concept))}
+    if not found or wanted in found:
+        return None
+    return ", ".join(f"{number_text(p)}%" for p in sorted(found))
+
+
 def read_companion(resource: dict[str, Any], index: MedicationIndex, *, in_request: bool) -> CompanionOrder | None:
     protocol = index.protocol
     kind = _companion_kind(resource, index)
     if kind is None:
         return None
     planned, _, _ = planned_date_of(resource)
-    if planned is None and not in_request:
-        # An active order without timing is taken for the day it was written; a draft of this request is not
-        # dated by authoredOn (the day the order set is composed), it goes with the doses it is signed with.
-        planned = local_date(resource.get("authoredOn"))
+    authored = local_date(resource.get("authoredOn"))
     entry = _first_dose_and_rate(resource) or {}
     quantity = entry.get("doseQuantity")
-    dose_mg = volume_ml = None
     if kind == "dexamethasone":
-        dose_mg, raw, unit, problem = convert_quantity(quantity, protocol.section("doses")["unit_to_mg"])
+        converted = convert(quantity, protocol.section("doses")["unit_to_mg"], "mg")
     else:
-        table = protocol.section("premedication")["volume_unit_to_ml"]
-        volume_ml, raw, unit, problem = convert_quantity(quantity, table)
+        converted = convert(quantity, protocol.section("premedication")["volume_unit_to_ml"], "mL")
+    amount = converted.value if converted.comparator is None else None
     if "doseRange" in entry:
         display = "a dose range"
-    elif raw is None:
+    elif converted.raw_value is None:
         display = "no amount stated"
     else:
-        display = f"{raw} {unit or '(no unit)'}" + (f" ({problem})" if problem else "")
+        display = f"{converted.raw_value} {converted.raw_unit or '(no unit)'}" + (
+            f" ({converted.problem})" if converted.problem else ""
+        )
+    route, route_iv = order_route(resource, protocol)
     return CompanionOrder(
         resource_id=str(resource.get("id")),
         medication=kind,
         status=str(resource.get("status")),
         in_request=in_request,
         planned_date=planned,
-        dose_mg=dose_mg,
-        volume_ml=volume_ml,
+        dose_mg=amount if kind == "dexamethasone" else None,
+        volume_ml=amount if kind == "sodium_chloride" else None,
         dose_display=display,
+        route=route,
+        route_iv=route_iv,
+        strength_display=saline_strength(index.concept(resource), protocol) if kind == "sodium_chloride" else None,
+        authored_on=authored,
     )
 
 
@@ -453,6 +377,34 @@ def platinum_references(resources: Iterable[dict[str, Any]], index: MedicationIn
     return tuple(refs)
 
 
+def unidentified_medications(
+    resources: Iterable[dict[str, Any]], index: MedicationIndex, dataset: str
+) -> list[DataIssue]:
+    """A `data-quality` warning for each order / administration whose medication cannot be identified."""
+    issues: list[DataIssue] = []
+    for r in resources:
+        rtype = r.get("resourceType")
+        if rtype not in ("MedicationRequest", "MedicationAdministration"):
+            continue
+        if _text(r.get("status")) in _INACTIVE_REQUEST | _NOT_GIVEN or index.identified(r):
+            continue
+        ref = r.get("medicationReference")
+        target = ref.get("reference") if isinstance(ref, dict) else None
+        written = f" (medication reference {target!r} could not be resolved)" if isinstance(target, str) else ""
+        issues.append(
+            DataIssue(
+                "unusable",
+                dataset,
+                f"The medication of {rtype}/{r.get('id')} cannot be identified{written}: if it is tarlatamab, "
+                "it was not checked.",
+                f"{rtype}/{r.get('id')}",
+                "medicationReference" if written else "medication[x]",
+                affects="medication identity",
+            )
+        )
+    return issues
+
+
 def build_order_facts(
     resources: dict[str, list[dict[str, Any]]],
     *,
@@ -460,14 +412,14 @@ def build_order_facts(
     selections: tuple[str, ...],
     hook: str,
     protocol: Protocol,
-    now: datetime,
-    episodes: tuple[ToxicityEpisode, ...],
+    today: date,
+    index: MedicationIndex | None = None,
 ) -> OrderFacts:
     medications = [r for r in resources.get("medications") or () if isinstance(r, dict)]
     administered = [r for r in resources.get("administrations") or () if isinstance(r, dict)]
     draft_entries = tuple(r for r in draft_entries if isinstance(r, dict))
-    index = MedicationIndex(protocol)
-    administrations, issues = build_administrations(administered, episodes, protocol, index)
+    index = index or MedicationIndex(protocol)
+    issues: list[DataIssue] = []
 
     chosen = _selected_ids(selections)
     drafts: list[DraftOrder] = []
@@ -475,12 +427,13 @@ def build_order_facts(
         if resource.get("resourceType") != "MedicationRequest" or not index.is_(resource, "tarlatamab"):
             continue
         selected = hook != "order-select" or str(resource.get("id")) in chosen
-        order, found = read_draft_order(resource, protocol=protocol, now=now, selected=selected)
+        order, found = read_draft_order(resource, protocol=protocol, today=today, selected=selected, index=index)
         drafts.append(order)
         issues.extend(found)
+    issues.extend(unidentified_medications(draft_entries, index, "draftOrders"))
+    issues.extend(unidentified_medications(administered, index, "administrations"))
 
     return OrderFacts(
-        administrations=administrations,
         draft_orders=tuple(drafts),
         companion_orders=build_companions(draft_entries, medications, index),
         platinum_history=platinum_references([*medications, *administered], index),

@@ -1,0 +1,221 @@
+"""Laboratory results (spec/protocol.md sections 8 and 12): where an ANC, a liver test, ... is read.
+
+Results are read through `reading.observations` (status policy, panel components) and
+`reading.quantities` (UCUM vs free-text units, comparators, the protocol's unit tables). A result that
+cannot be interpreted is kept with a `problem` and reported as a `DataIssue`: never dropped, never read as
+normal, and an older result is never used in its place without saying so.
+
+Depth: most analytes are read from the newest result down to the newest usable **final** one (a preliminary
+result is kept on the way: it may raise a finding). Liver tests are read in full back to the first dose:
+a Grade 4 or Hy's-law result after the first dose discontinues whatever later results show (section 13.6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date, datetime
+from typing import Any
+
+from ..fhir_validation import first_problem
+from ..protocol import Protocol
+from ..reading import observations as obs_reading
+from ..reading.codes import codings, concept_text
+from ..reading.dates import When
+from ..reading.quantities import convert
+from ..units import analyte_label, canonical_unit
+from .model import DataIssue, LabResult
+
+PREGNANCY_KEYS = ("pregnancy_status", "hcg_qualitative", "hcg_quantitative")
+FULL_HISTORY_ANALYTES = frozenset({"alt", "ast", "bilirubin"})
+# At most this many newest results of one analyte are validated / reported as unusable (keeps requests fast
+# and data-quality cards readable); the rules read the newest usable result.
+READ_DEPTH = 10
+FULL_READ_DEPTH = 200
+ISSUE_DEPTH = 3
+
+
+def classify_observations(observations: Any, protocol: Protocol) -> dict[str, list[dict[str, Any]]]:
+    """Observations by protocol analyte key (LOINC) or local kind (crs_grade, ice_score, ...)."""
+    systems = protocol.section("systems")
+    tables = {systems["loinc"]: protocol.analyte_by_loinc, systems["local"]: protocol.local_observation_kinds}
+    return obs_reading.classify(observations or (), tables)
+
+
+def lab_analytes(protocol: Protocol) -> list[str]:
+    units = protocol.section("units")
+    return [a for a in protocol.section("observations") if a in units and a not in PREGNANCY_KEYS]
+
+
+def convert_lab(protocol: Protocol, analyte: str, quantity: Any) -> Any:
+    """A lab Quantity converted to the analyte's canonical unit (the one converter, `reading.quantities`)."""
+    spec = protocol.section("units")[analyte]
+    return convert(quantity, spec["factors"], str(spec["canonical"]))
+
+
+def _uln(obs: dict[str, Any], analyte: str, quantity: Any, protocol: Protocol) -> tuple[float | None, str]:
+    if analyte not in protocol.section("labs")["uln_defaults"]:
+        return None, "none"  # no rule reads a ULN for this analyte (thresholds are absolute)
+    value_units = quantity if isinstance(quantity, dict) else {}
+    for ref in obs.get("referenceRange") if isinstance(obs.get("referenceRange"), list) else ():
+        high = ref.get("high") if isinstance(ref, dict) else None
+        if not isinstance(high, dict) or high.get("value") is None:
+            continue
+        if not any(isinstance(high.get(k), str) for k in ("unit", "code")):
+            # A range without a unit is written in the result's unit, as laboratories send it.
+            high = {
+                **high,
+                "unit": value_units.get("unit"),
+                "code": value_units.get("code"),
+                "system": value_units.get("system"),
+            }
+        converted = convert_lab(protocol, analyte, high)
+        if converted.value is not None and converted.comparator is None and converted.value > 0:
+            return converted.value, "reference range"
+    default = protocol.section("labs")["uln_defaults"].get(analyte)
+    if default is not None:
+        return float(default), "default"
+    return None, "none"
+
+
+def _absent_reason(obs: dict[str, Any]) -> str | None:
+    reason = obs.get("dataAbsentReason")
+    if reason is None:
+        return None
+    text = concept_text(reason) or next((c for _, c, _ in codings(reason) if c), "") or "no reason given"
+    return f"no value (data absent: {text})"
+
+
+def _has_other_value(obs: dict[str, Any]) -> bool:
+    return any(key.startswith("value") and key != "valueQuantity" for key in obs)
+
+
+def lab_result(obs: dict[str, Any], analyte: str, when: When, protocol: Protocol) -> LabResult:
+    quantity = obs.get("valueQuantity")
+    converted = convert_lab(protocol, analyte, quantity)
+    problem = converted.problem
+    if quantity is None:
+        problem = _absent_reason(obs) or ("value is not a quantity" if _has_other_value(obs) else "no value")
+    uln, uln_source = _uln(obs, analyte, quantity, protocol)
+    return LabResult(
+        analyte=analyte,
+        observation_id=str(obs.get("id", "?")),
+        effective=when.moment,
+        local_date=when.local_date,
+        value=converted.value if problem is None else None,
+        unit=canonical_unit(protocol, analyte),
+        raw_value=converted.raw_value,
+        raw_unit=converted.raw_unit,
+        uln=uln,
+        uln_source=uln_source,  # type: ignore[arg-type]
+        problem=problem,
+        comparator=converted.comparator if problem is None else None,
+        preliminary=obs_reading.status_class(obs) == "preliminary",
+        exact=when.exact,
+    )
+
+
+def _problem_element(result: LabResult, obs: dict[str, Any]) -> str:
+    problem = result.problem or ""
+    if "data absent" in problem:
+        element = "dataAbsentReason"
+    elif "unit" in problem:
+        element = "valueQuantity.code"
+    elif "comparator" in problem:
+        element = "valueQuantity.comparator"
+    else:
+        element = "valueQuantity.value" if "valueQuantity" in obs else "value[x]"
+    return obs_reading.element_path(obs, element)
+
+
+def _lab_issue(result: LabResult, element: str) -> DataIssue:
+    label = analyte_label(result.analyte)
+    return DataIssue(
+        "unusable",
+        "observations",
+        f"{label} result of {result.local_date.isoformat()} ({result.display}): {result.problem}; not used.",
+        f"Observation/{result.observation_id}",
+        element,
+        affects=label,
+    )
+
+
+def read_elements(analyte: str, protocol: Protocol) -> frozenset[str]:
+    """The Observation elements read for an analyte: the reference range only where a ULN is used."""
+    if analyte in protocol.section("labs")["uln_defaults"]:
+        return obs_reading.READ_ELEMENTS
+    return obs_reading.READ_ELEMENTS - {"referenceRange", "interpretation"}
+
+
+def lab_series(
+    observations: list[dict[str, Any]],
+    analyte: str,
+    protocol: Protocol,
+    now: datetime,
+    issues: list[DataIssue],
+    treated_since: date | None = None,
+) -> tuple[LabResult, ...]:
+    """Results of one analyte, newest first, read down to the newest usable final result up to now.
+
+    Liver tests are read further, back to the first tarlatamab dose (`treated_since`), for section 13.6.
+    """
+    dated: list[tuple[When, str, dict[str, Any]]] = []
+    for obs in observations:
+        when = obs_reading.observation_when(obs)
+        if when is None:
+            label = analyte_label(analyte)
+            issues.append(
+                DataIssue(
+                    "unusable",
+                    "observations",
+                    f"{label} result without a readable date: not used.",
+                    obs_reading.reference_of(obs),
+                    obs_reading.element_path(obs, obs_reading.time_element(obs)),
+                    affects=label,
+                )
+            )
+            continue
+        dated.append((when, str(obs.get("id", "?")), obs))
+    dated.sort(key=lambda item: (item[0].moment, item[1]), reverse=True)
+    full = analyte in FULL_HISTORY_ANALYTES and treated_since is not None
+    depth = FULL_READ_DEPTH if full else READ_DEPTH
+    results: list[LabResult] = []
+    read = reported = 0
+    settled = False
+    for when, _, obs in dated:
+        result = lab_result(obs, analyte, when, protocol)
+        if result.effective <= now:
+            if read >= depth or (settled and not full):
+                break
+            if settled and treated_since is not None and when.local_date < treated_since:
+                break  # before the first dose: only the newest result counts (13.16), already read
+            read += 1
+            element = _problem_element(result, obs)
+            if result.problem is None and not settled:
+                invalid = first_problem(obs_reading.without_view_keys(obs), read_elements(analyte, protocol))
+                if invalid is not None:
+                    element, message = invalid
+                    result = replace(
+                        result, value=None, comparator=None, problem=f"invalid FHIR Observation ({element}: {message})"
+                    )
+            if result.problem is None:
+                results.append(result)
+                settled = settled or not result.preliminary  # the newest final result: older ones not needed
+                continue
+            if reported < ISSUE_DEPTH and not settled:
+                reported += 1
+                issues.append(_lab_issue(result, element))
+        results.append(result)
+    return tuple(results)
+
+
+def build_labs(
+    grouped: dict[str, list[dict[str, Any]]],
+    protocol: Protocol,
+    now: datetime,
+    issues: list[DataIssue],
+    treated_since: date | None = None,
+) -> dict[str, tuple[LabResult, ...]]:
+    return {
+        analyte: lab_series(grouped.get(analyte, []), analyte, protocol, now, issues, treated_since)
+        for analyte in lab_analytes(protocol)
+    }

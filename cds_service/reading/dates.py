@@ -1,0 +1,97 @@
+"""FHIR dates and date-times (spec/protocol.md section 12, "Dates and time zones").
+
+A record's moment is read as two things: the **local date as written** (used for calendar-day arithmetic:
+gaps, windows, "within N days") and, when the value carries a time **and** an offset, the **instant**
+(used to order events, e.g. "was the toxicity after that dose?"). The evaluation time is turned into a local
+date in the site's time zone.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATETIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?$")
+
+
+@dataclass(frozen=True)
+class When:
+    """A point in a record: the local date as written and, when a time and offset exist, the instant.
+
+    `moment` is the instant when known, else the start of the local date read as UTC: it sorts records and
+    compares them with the evaluation time; it never decides calendar-day arithmetic.
+    """
+
+    local_date: date
+    instant: datetime | None
+
+    @property
+    def moment(self) -> datetime:
+        if self.instant is not None:
+            return self.instant
+        return datetime(self.local_date.year, self.local_date.month, self.local_date.day, tzinfo=UTC)
+
+    @property
+    def exact(self) -> bool:
+        return self.instant is not None
+
+
+def read_when(value: Any) -> When | None:
+    """A FHIR date / dateTime / instant string; None when absent, partial (year, year-month) or invalid."""
+    if not isinstance(value, str):
+        return None
+    return _read_text(value.strip())
+
+
+@functools.lru_cache(maxsize=16384)  # a record's dates recur on every call for the same patient
+def _read_text(text: str) -> When | None:
+    try:
+        if _DATE_RE.match(text):
+            return When(date.fromisoformat(text), None)
+        if _DATETIME_RE.match(text):
+            moment = datetime.fromisoformat(text)
+            written = moment.date()
+            return When(written, moment if moment.tzinfo is not None else None)
+    except ValueError:
+        return None
+    return None
+
+
+def local_date(value: Any) -> date | None:
+    """The calendar date written in a FHIR date/dateTime string (None when it has no full, valid date)."""
+    when = read_when(value)
+    return when.local_date if when is not None else None
+
+
+def after(
+    later_date: date, later_instant: datetime | None, earlier_date: date, earlier_instant: datetime | None
+) -> bool:
+    """Whether an event (`later`) happened on or after another (`earlier`).
+
+    Instants are compared when both records carry a time and an offset; local dates otherwise (an event on
+    the same local date counts as after: nobody records a toxicity before the dose that day by date alone).
+    """
+    if later_instant is not None and earlier_instant is not None:
+        return later_instant >= earlier_instant
+    return later_date >= earlier_date
+
+
+def site_zone(name: str) -> tzinfo:
+    """The site's time zone from its IANA name ("UTC", "America/New_York"); ValueError when unknown."""
+    if name.strip().upper() == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name.strip())
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown IANA time zone {name!r}") from exc
+
+
+def site_date(now: datetime, zone: tzinfo) -> date:
+    """The local date of the evaluation time in the site's time zone."""
+    moment = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
+    return moment.astimezone(zone).date()

@@ -1,0 +1,145 @@
+"""FHIR Quantities: unit matching, comparators and conversion with the protocol's unit tables.
+
+Spec/protocol.md section 12: `Quantity.code` with system UCUM is matched case-sensitively (UCUM is a
+case-sensitive code system: "Mg" is a megagram, never a milligram); `Quantity.unit` (free text) is matched
+case-insensitively ("MG", "Mg" = mg). A value with a comparator ("<0.1") keeps its bound and comparator: the
+caller decides whether the bound decides its threshold (`decides_below`, `decides_above`).
+
+This is the only unit converter of the service: laboratory results, doses, volumes and rates all use it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+UCUM = "http://unitsofmeasure.org"
+COMPARATORS = frozenset({"<", "<=", ">", ">="})
+
+# Significant digits kept after a conversion: removes floating-point noise (51.3 umol/L -> 3.0 mg/dL, not
+# 2.9999999999999996) so that boundaries such as "5 x ULN exactly is not a hold" compare as written.
+_SIGNIFICANT_DIGITS = 12
+
+
+def clean(x: float) -> float:
+    """`x` rounded to 12 significant digits (conversion and ratio noise removed)."""
+    if x == 0 or not math.isfinite(x):
+        return x
+    return float(f"{x:.{_SIGNIFICANT_DIGITS}g}")
+
+
+def number_text(value: float) -> str:
+    """A number as a clinician writes it (10, 0.5, 1000)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _text(value: Any) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def raw_unit_of(quantity: Mapping[str, Any]) -> str | None:
+    """The unit as written for a clinician: `unit` text, else the `code`."""
+    return _text(quantity.get("unit")) or _text(quantity.get("code"))
+
+
+def unit_factor(factors: Mapping[str, Any], quantity: Mapping[str, Any]) -> tuple[float, str] | None:
+    """(factor, the table unit matched) of a Quantity in a unit -> factor table; None when not listed.
+
+    A code with system UCUM decides alone, case-sensitively (never guessed from the text). A code of
+    another or no system is tried exactly; then the free-text unit, exactly and then case-insensitively (an
+    ambiguous case-insensitive match, two table units with different factors, is no match).
+    """
+    code, system = _text(quantity.get("code")), quantity.get("system")
+    if code is not None:
+        if code in factors:
+            return float(factors[code]), code
+        if system == UCUM:
+            return None
+    unit = _text(quantity.get("unit"))
+    if unit is None:
+        return None
+    if unit in factors:
+        return float(factors[unit]), unit
+    folded = [(k, float(v)) for k, v in factors.items() if str(k).casefold() == unit.casefold()]
+    if folded and len({v for _, v in folded}) == 1:
+        return folded[0][1], folded[0][0]
+    return None
+
+
+@dataclass(frozen=True)
+class Converted:
+    """A Quantity converted with a unit table. `value` is None and `problem` says why when unusable.
+
+    With a comparator, `value` is the converted bound ("<0.1" -> value 0.1, comparator "<").
+    """
+
+    value: float | None
+    comparator: str | None
+    raw_value: str | None
+    raw_unit: str | None
+    problem: str | None = None
+
+    @property
+    def shown(self) -> str:
+        if self.raw_value is None:
+            return "no value"
+        return f"{self.comparator or ''}{self.raw_value} {self.raw_unit or '(no unit)'}"
+
+
+def convert(quantity: Any, factors: Mapping[str, Any], target: str = "") -> Converted:
+    """Convert a FHIR Quantity dict with a unit -> factor table (`target` names the unit in problems)."""
+    if not isinstance(quantity, Mapping):
+        return Converted(None, None, None, None, "no value")
+    raw = quantity.get("value")
+    raw_unit = raw_unit_of(quantity)
+    if raw is None:
+        return Converted(None, None, None, raw_unit, "no value")
+    number = _number(raw)
+    raw_value = number_text(number) if number is not None else str(raw)
+    if number is None:
+        return Converted(None, None, raw_value, raw_unit, "value is not a number")
+    comparator = quantity.get("comparator")
+    if comparator is not None and (not isinstance(comparator, str) or comparator not in COMPARATORS):
+        return Converted(None, None, raw_value, raw_unit, "the comparator is not one of <, <=, >, >=")
+    if raw_unit is None:
+        return Converted(None, comparator, raw_value, None, "no unit stated")
+    matched = unit_factor(factors, quantity)
+    if matched is None:
+        into = f" to {target}" if target else ""
+        return Converted(None, comparator, raw_value, raw_unit, f"the unit '{raw_unit}' cannot be converted{into}")
+    return Converted(clean(number * matched[0]), comparator, raw_value, raw_unit)
+
+
+def decides_below(value: float, comparator: str | None, threshold: float) -> bool | None:
+    """Whether the true value is below `threshold`; None when a comparator's bound does not decide it."""
+    if comparator is None:
+        return value < threshold
+    if comparator == "<":
+        return True if value <= threshold else None
+    if comparator == "<=":
+        return True if value < threshold else None
+    # ">" / ">=": the true value is at least the bound
+    return False if value >= threshold else None
+
+
+def decides_above(value: float, comparator: str | None, threshold: float) -> bool | None:
+    """Whether the true value is above `threshold`; None when a comparator's bound does not decide it."""
+    if comparator is None:
+        return value > threshold
+    if comparator == ">":
+        return True if value >= threshold else None
+    if comparator == ">=":
+        return True if value > threshold else None
+    # "<" / "<=": the true value is at most the bound
+    return False if value <= threshold else None
