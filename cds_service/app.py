@@ -23,7 +23,10 @@ _CORS_METHODS = "GET, POST, OPTIONS"
 _CORS_HEADERS = "Authorization, Content-Type"
 
 
-def create_app(settings: Settings | None = None, *, store: Store | None = None) -> Flask:
+def create_app(
+    settings: Settings | None = None, *, store: Store | None = None, announce_open_mode: bool = True
+) -> Flask:
+    """The WSGI app. `announce_open_mode=False` when the caller has printed the open-mode banner already."""
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     # Flask's own limit is a backstop; read_json_body answers 413 with an OperationOutcome first.
@@ -39,7 +42,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     app.extensions["cds_discovery"] = discovery_document(engine.protocol)
     app.extensions["cds_store"] = store
     app.extensions["cds_audit_writer"] = AuditWriter(store) if settings.audit_enabled else None
-    app.extensions["cds_auth"] = _client_auth(settings, store)
+    app.extensions["cds_auth"] = _client_auth(settings, store, announce_open_mode)
 
     app.register_blueprint(discovery.bp)
     app.register_blueprint(hooks.bp)
@@ -50,13 +53,14 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     return app
 
 
-def _client_auth(settings: Settings, store: Store) -> object:
+def _client_auth(settings: Settings, store: Store, announce_open_mode: bool) -> object:
     """Open development mode without trusted issuers; else every service and feedback call needs the JWT.
 
     A trusted-issuers file that cannot be read or is malformed stops the app here (IssuerConfigError).
     """
     if settings.trusted_issuers_file is None:
-        log.warning("open development mode: CDS client JWTs are not verified (CDS_TRUSTED_ISSUERS_FILE not set)")
+        if announce_open_mode:
+            log.warning("open development mode: CDS client JWTs are not verified (CDS_TRUSTED_ISSUERS_FILE not set)")
         return OpenAccess()
     from .jwt_auth import JwtClientAuth
 
