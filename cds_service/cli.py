@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="address to listen on (default CDS_HOST, else 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default CDS_PORT, else 8080)")
     serve.add_argument("--workers", type=int, help="worker processes (default CDS_WORKERS, else 2)")
-    serve.add_argument("--threads", type=int, help="threads per worker (default CDS_THREADS, else 32)")
+    serve.add_argument("--threads", type=int, help="threads per gthread worker (default CDS_THREADS, else 8)")
     serve.add_argument("--timeout", type=int, help="worker timeout in seconds (default CDS_WORKER_TIMEOUT, else 30)")
 
     replay = sub.add_parser("replay", help="run CDS Hooks request files through the service, print the responses")
@@ -115,12 +115,12 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = {
         "bind": f"{settings.host}:{settings.port}",
         "workers": settings.workers,
-        # gthread: the main thread of each worker accepts connections and waits for a complete request with
-        # the event loop; a worker thread is taken only once the request is in, so clients that trickle
-        # their headers (slowloris) hold a socket, not a thread (measured in tests/test_slow_clients.py).
+        # gevent (default): each connection is a greenlet, so clients that trickle their headers (slowloris)
+        # hold a socket, not a worker; sync and gthread workers block a process or a thread on each of them
+        # (measured: tests/test_slow_clients.py and the README's "Slow clients" section).
         "worker_class": settings.worker_class,
         "threads": settings.threads if settings.worker_class == "gthread" else 1,
-        "worker_connections": max(1000, settings.threads * 32),
+        "worker_connections": 1000,
         "timeout": settings.worker_timeout,
         "graceful_timeout": 10,
         "keepalive": settings.keepalive_seconds,

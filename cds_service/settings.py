@@ -66,7 +66,7 @@ def _alias(field_name: str, env_name: str) -> AliasChoices:
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-WorkerClass = Literal["gthread", "sync"]
+WorkerClass = Literal["gevent", "gthread", "sync"]
 
 
 class Settings(BaseSettings):
@@ -123,8 +123,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     workers: int = Field(2, ge=1, le=64)
-    threads: int = Field(32, ge=1, le=1000)
-    worker_class: WorkerClass = "gthread"
+    threads: int = Field(8, ge=1, le=1000)  # gthread only
+    worker_class: WorkerClass = "gevent"
     worker_timeout: int = Field(30, ge=1, le=3600)
     keepalive_seconds: int = Field(5, ge=0, le=300)
     access_log: bool = False
