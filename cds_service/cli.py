@@ -60,6 +60,12 @@ def _serve(args: argparse.Namespace) -> int:
     cli_values = {"host": args.host, "port": args.port, "workers": args.workers, "threads": args.threads}
     cli_values["worker_timeout"] = args.timeout
     settings = Settings.from_env(**{k: v for k, v in cli_values.items() if v is not None})
+    if settings.worker_class == "gevent":
+        # Patch before requests/urllib3 and the logging locks are created in this (the master) process, so the
+        # forked workers inherit cooperative sockets, ssl and locks (gevent's advice: patch first).
+        from gevent import monkey
+
+        monkey.patch_all()
     _configure_logging(settings.log_level)
     if settings.trusted_issuers_file is None:
         if not is_loopback_host(settings.host):
