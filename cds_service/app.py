@@ -15,7 +15,7 @@ from .http import discovery, hooks, openapi
 from .http.common import error_response
 from .services import discovery_document
 from .settings import Settings
-from .store import AuditWriter, Store
+from .store import AuditWriter, Store, StoreUnavailable, recover_spools
 
 log = logging.getLogger("cds_service")
 
@@ -41,7 +41,7 @@ def create_app(
     app.extensions["cds_engine"] = engine
     app.extensions["cds_discovery"] = discovery_document(engine.protocol)
     app.extensions["cds_store"] = store
-    app.extensions["cds_audit_writer"] = AuditWriter(store) if settings.audit_enabled else None
+    app.extensions["cds_audit_writer"] = _audit_writer(settings, store)
     app.extensions["cds_auth"] = _client_auth(settings, store, announce_open_mode)
 
     app.register_blueprint(discovery.bp)
@@ -51,6 +51,18 @@ def create_app(
     _install_auth(app, settings)
     _install_error_handlers(app)
     return app
+
+
+def _audit_writer(settings: Settings, store: Store) -> AuditWriter | None:
+    """The worker's audit writer; the spools of workers that were killed are written first."""
+    if not settings.audit_enabled:
+        return None
+    spool = settings.effective_audit_spool_dir
+    try:
+        recover_spools(spool, store)
+    except (OSError, StoreUnavailable) as exc:
+        log.error("audit spools in %s not recovered now (%s); retried when this worker first audits", spool, exc)
+    return AuditWriter(store, linger=settings.audit_linger_seconds, spool=spool)
 
 
 def _client_auth(settings: Settings, store: Store, announce_open_mode: bool) -> object:

@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     site_timezone: str = "UTC"
     log_level: LogLevel = "INFO"
     audit_enabled: bool = True
+    # Where each worker spools its queued audit entries until written (default: <data_dir>/audit-spool)
+    audit_spool_dir: Path | None = None
+    # How long the audit writer waits for more entries to write them in one batch
+    audit_linger_seconds: float = Field(0.25, ge=0, le=60)
     # Per-worker cache of validation results by resource digest (0 turns it off)
     validation_cache_size: int = Field(20000, ge=0)
     # `cds-service serve` (gunicorn)
@@ -209,6 +213,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'cds-service.sqlite3').resolve()}"
+
+    @property
+    def effective_audit_spool_dir(self) -> Path:
+        return self.audit_spool_dir if self.audit_spool_dir is not None else self.data_dir / "audit-spool"
 
     @property
     def zone(self) -> ZoneInfo:

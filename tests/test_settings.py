@@ -78,7 +78,7 @@ def test_settings_read_every_documented_variable() -> None:
     assert settings.fhir_total_timeout == 3.5
     assert settings.cors_origins == ("https://a.example", "https://b.example")
     assert settings.open_mode_fhir_hosts == ("fhir.example.org",)
-    with pytest.raises(SettingsError, match="^invalid setting CDS_THREADS"):
+    with pytest.raises(SettingsError, match=r"^invalid setting CDS_THREADS"):
         Settings.from_env({"CDS_THREADS": "0"})
 
 

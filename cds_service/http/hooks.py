@@ -191,6 +191,15 @@ def parse_feedback(body: Any) -> list[FeedbackItem]:
                 raise bad_request(
                     f"{path}.overrideReason.userComment must be a string", f"{path}.overrideReason.userComment"
                 )
+        for field_path, text in (
+            (f"{path}.card", card),
+            (f"{path}.overrideReason.reason.system", reason_system),
+            (f"{path}.overrideReason.reason.code", reason_code),
+            (f"{path}.overrideReason.reason.display", reason_display),
+            (f"{path}.overrideReason.userComment", comment),
+            *((f"{path}.acceptedSuggestions[{j}].id", a) for j, a in enumerate(accepted)),
+        ):
+            _check_text(text, field_path)
         items.append(
             FeedbackItem(
                 card_uuid=card,
@@ -204,6 +213,12 @@ def parse_feedback(body: Any) -> list[FeedbackItem]:
             )
         )
     return items
+
+
+def _check_text(value: str | None, path: str) -> None:
+    """Text the store keeps must be storable everywhere: a NUL character is a client error (400), not a 503."""
+    if value is not None and "\x00" in value:
+        raise bad_request(f"{path} must not contain NUL characters", path)
 
 
 def _check_length(value: str, limit: int, path: str) -> None:
