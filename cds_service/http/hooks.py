@@ -10,10 +10,11 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 
+from ..client_auth import FhirServerAllowList, open_mode_host_allowed
 from ..engine import Engine
 from ..errors import ServiceError, bad_request
 from ..store import FEEDBACK_LIMITS, AuditEntry, AuditWriter, FeedbackItem, Store, StoreUnavailable
-from .common import json_response, read_json_body
+from .common import json_response, read_json_body, settings
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def call_service(service_id: str) -> Response:
     engine.service(service_id)  # 404 before anything else
     body = read_json_body(request)
     client = getattr(g, "cds_client", None)
-    allowed = client.fhir_servers if client is not None else None
+    allowed = client.fhir_servers if client is not None else _open_mode_allowed(body)
     issuer = client.issuer if client is not None else None
     started = time.perf_counter()
     try:
@@ -68,6 +69,15 @@ def call_service(service_id: str) -> Response:
             )
         )
     return json_response(outcome.body)
+
+
+def _open_mode_allowed(body: Any) -> FhirServerAllowList:
+    """Open development mode (no client JWT): fhirServer is contacted only on loopback or a listed host
+    (CDS_OPEN_MODE_FHIR_HOSTS), never on any address a caller names."""
+    fhir_server = body.get("fhirServer") if isinstance(body, dict) else None
+    if isinstance(fhir_server, str) and open_mode_host_allowed(fhir_server.strip(), settings().open_mode_fhir_hosts):
+        return FhirServerAllowList([fhir_server.strip().rstrip("/")])
+    return FhirServerAllowList()
 
 
 def _audit_writer() -> AuditWriter | None:
