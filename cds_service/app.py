@@ -8,6 +8,7 @@ import traceback
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
+from . import logsafe
 from .client_auth import OpenAccess
 from .engine import Engine
 from .errors import ServiceError
@@ -28,6 +29,7 @@ def create_app(
 ) -> Flask:
     """The WSGI app. `announce_open_mode=False` when the caller has printed the open-mode banner already."""
     settings = settings or Settings.from_env()
+    logsafe.install()
     app = Flask(__name__)
     # Flask's own limit is a backstop; read_json_body answers 413 with an OperationOutcome first.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes + 1

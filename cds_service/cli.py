@@ -183,6 +183,9 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
         stream=sys.stderr,
     )
+    from . import logsafe
+
+    logsafe.install()
 
 
 def _replay(args: argparse.Namespace) -> int:

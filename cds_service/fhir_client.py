@@ -20,6 +20,7 @@ import orjson
 import requests
 
 from .client_auth import url_under_base
+from .hook_request import HARD_DEPTH_LIMIT, nests_too_deep
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,8 @@ class FhirClient:
             raise FhirUnavailable("the FHIR server answered with a body that is not JSON") from exc
         if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
             raise FhirUnavailable("the FHIR server answered with JSON that is not a FHIR resource")
+        if nests_too_deep(data):
+            raise FhirUnavailable(f"the FHIR server's answer nests deeper than {HARD_DEPTH_LIMIT} levels")
         if data["resourceType"] == "OperationOutcome":
             raise FhirUnavailable("the FHIR server answered with an OperationOutcome")
         return data
