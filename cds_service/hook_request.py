@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from .errors import ServiceError, bad_request
+from .models import validate_hook_request
 from .services import REQUIRED_CONTEXT, ServiceDef
 from .settings import Settings
 
@@ -56,9 +57,12 @@ def _require_string(container: dict[str, Any], key: str, path: str) -> str:
 
 
 def parse_hook_request(body: Any, service: ServiceDef, settings: Settings) -> HookRequest:
-    """Check a parsed request body against CDS Hooks 2.0 and the hook's context; 400 on any violation."""
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object", "$")
+    """Check a parsed request body against CDS Hooks 2.0 and the hook's context; 400 on any violation.
+
+    The structure is checked by the hook's request model (`models`, which also writes the OpenAPI schema);
+    the checks below add what needs the settings and pick the values out.
+    """
+    validate_hook_request(body, service.hook)
     hook = _require_string(body, "hook", "hook")
     hook_instance = _require_string(body, "hookInstance", "hookInstance")
     if hook != service.hook:

@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     # Loopback always; more with CDS_OPEN_MODE_FHIR_HOSTS (comma-separated host names).
     open_mode_fhir_hosts: CommaList = ()
     # Inbound requests
-    max_request_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(5 * 1024 * 1024, ge=100)
     max_json_depth: int = Field(64, ge=4, le=10000)
     cors_origins: CommaList = ("*",)
     # Client trust

@@ -131,16 +131,6 @@ COUNTERS = (AUDIT_FAILED, AUDIT_DROPPED, AUDIT_RECOVERED, AUDIT_LOST)
 
 _FEEDBACK_KEY = ["service_id", "card_uuid", "outcome", "outcome_timestamp"]
 
-# Column limits the feedback endpoint checks before storing (PostgreSQL rejects longer values).
-FEEDBACK_LIMITS = {
-    "card": 100,
-    "outcomeTimestamp": 40,
-    "reason.system": 300,
-    "reason.code": 100,
-    "reason.display": 500,
-}
-
-
 def _clip(value: str | None, limit: int) -> str | None:
     value = clean_text(value)
     return value if value is None or len(value) <= limit else value[:limit]
