@@ -1,0 +1,87 @@
+"""Packaging: a real `pip install .` (not editable) into a fresh venv outside the checkout carries the protocol
+and the card wording, and `cds-service` works from there; the package list, license and constraints agree."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import orjson
+import pytest
+
+from cds_service.settings import REPO_ROOT, Settings
+
+PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def test_every_python_package_is_listed_for_the_wheel() -> None:
+    listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
+    on_disk = {
+        ".".join(p.parent.relative_to(REPO_ROOT).parts) for p in (REPO_ROOT / "cds_service").rglob("__init__.py")
+    }
+    assert on_disk <= listed
+    mapped = PYPROJECT["tool"]["setuptools"]["package-dir"]
+    assert mapped == {"cds_service.protocol_files": "protocol", "cds_service.card_files": "cards"}
+    # the pharmacist's folders stay where they are
+    assert (REPO_ROOT / "protocol" / "tarlatamab.yaml").is_file() and (REPO_ROOT / "cards" / "common.yaml").is_file()
+
+
+def test_license_is_an_spdx_expression_and_setuptools_is_recent() -> None:
+    assert PYPROJECT["project"]["license"] == "LicenseRef-Proprietary"
+    assert any(r.startswith("setuptools>=77") for r in PYPROJECT["build-system"]["requires"])
+
+
+def test_constraints_pin_every_runtime_dependency() -> None:
+    pinned = {
+        line.split("==")[0].lower().replace("_", "-").replace(".", "-")
+        for line in (REPO_ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines()
+        if "==" in line and not line.startswith("#")
+    }
+    for requirement in PYPROJECT["project"]["dependencies"]:
+        name = requirement.split("[")[0].split(">")[0].split("<")[0].split("=")[0].strip()
+        assert name.lower().replace("_", "-").replace(".", "-") in pinned, name
+
+
+def test_settings_override_the_packaged_files(tmp_path: Path) -> None:
+    settings = Settings.from_env({"CDS_PROTOCOL_FILE": str(tmp_path / "p.yaml"), "CDS_CARDS_DIR": str(tmp_path)})
+    assert settings.protocol_file == tmp_path / "p.yaml" and settings.cards_dir == tmp_path
+    default = Settings.from_env({})
+    assert default.protocol_file.is_file() and (default.cards_dir / "common.yaml").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_pip_install_outside_the_checkout_runs_replay(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CDS_", "PYTHON", "VIRTUAL_ENV"))}
+    env["CDS_DATA_DIR"] = str(work / "data")
+
+    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+    base_python = getattr(sys, "_base_executable", sys.executable)
+    assert run(base_python, "-m", "venv", str(venv)).returncode == 0
+    installed = run(str(venv / "bin" / "pip"), "install", "-q", "-c", str(REPO_ROOT / "constraints.txt"), str(REPO_ROOT))
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    assert "project.license" not in installed.stderr  # no deprecation warning about the license table
+
+    located = run(str(venv / "bin" / "python"), "-c", "import cds_service, sys; print(cds_service.__file__)")
+    assert located.stdout.strip().startswith(str(venv)), located.stdout  # the installed copy, not the checkout
+
+    fixture = REPO_ROOT / "fixtures" / "requests" / "schedule-c1d1.json"
+    replay = run(str(venv / "bin" / "cds-service"), "replay", "--now", "2026-11-21T09:00:00Z", str(fixture))
+    assert replay.returncode == 0, replay.stderr
+    assert orjson.loads(replay.stdout)["cards"]
+
+    catalogue = run(str(venv / "bin" / "cds-service"), "protocol")
+    assert catalogue.returncode == 0 and "tarlatamab" in catalogue.stdout.lower()
+
+    # overridable: a protocol file that does not exist is named in a one-line error
+    env["CDS_PROTOCOL_FILE"] = str(work / "missing.yaml")
+    missing = run(str(venv / "bin" / "cds-service"), "protocol")
+    assert missing.returncode == 2 and "missing.yaml" in missing.stderr
