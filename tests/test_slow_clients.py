@@ -53,6 +53,7 @@ def test_serve_options_are_the_slow_client_safe_ones() -> None:
     assert options["worker_connections"] >= 1000
     assert options["control_socket_disable"] is True
     assert options["workers"] == 2
+    assert options["keepalive"] == 0  # requests spread over the workers (README "Slow clients")
     assert "accesslog" not in options
     assert gunicorn_options(Settings.from_env({"CDS_ACCESS_LOG": "true"}))["accesslog"] == "-"
     gthread = gunicorn_options(Settings.from_env({"CDS_WORKER_CLASS": "gthread", "CDS_THREADS": "16"}))
