@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
@@ -178,8 +179,15 @@ class Settings(BaseSettings):
 
     @field_validator("public_base_url", mode="after")
     @classmethod
-    def _strip_base(cls, value: str | None) -> str | None:
-        return value.strip().rstrip("/") if value else None
+    def _public_base(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL, e.g. https://cds.example.org")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ValueError("must not carry credentials, a query or a fragment")
+        return value.strip().rstrip("/")
 
     @field_validator("site_timezone", mode="after")
     @classmethod

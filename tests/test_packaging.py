@@ -85,3 +85,13 @@ def test_pip_install_outside_the_checkout_runs_replay(tmp_path: Path) -> None:
     env["CDS_PROTOCOL_FILE"] = str(work / "missing.yaml")
     missing = run(str(venv / "bin" / "cds-service"), "protocol")
     assert missing.returncode == 2 and "missing.yaml" in missing.stderr
+
+
+def test_ci_runs_the_readme_test_command_exactly() -> None:
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    ci = (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    command = ci[ci.index("# The README's test command (keep the two identical):") + 1]
+    assert command == "pip install -e '.[test]' && pytest"
+    quick_start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    assert f"    {command}\n" in quick_start
+    assert "    python3 -m venv .venv && . .venv/bin/activate\n" in quick_start
