@@ -206,7 +206,8 @@ def validate(model: type[M], body: Any) -> M:
         where = location(loc)
         if first["type"] == "string_pattern_mismatch":
             message = "has characters or a form that is not allowed (NUL, blank, or not the documented format)"
-        raise bad_request(f"{where}: {message}", where, code=_CODES.get(first["type"], "invalid")) from None
+        summary = f"Missing required field {where}" if first["type"] == "missing" else f"{where}: {message}"
+        raise bad_request(summary, where, code=_CODES.get(first["type"], "invalid")) from None
 
 
 def validate_hook_request(body: Any, hook: str) -> _HookRequest:
