@@ -382,3 +382,29 @@ def test_healthz_counters_are_the_stores_not_the_workers(tmp_path: Path) -> None
         for app in (a, b):
             app.extensions["cds_audit_writer"].close()
             app.extensions["cds_store"].dispose()
+
+
+@pytest.mark.e2e
+@pytest.mark.postgres
+def test_gevent_workers_on_postgresql_store_feedback_and_audit(tmp_path: Path) -> None:
+    url = postgres_url()
+    if url is None:
+        pytest.skip("no PostgreSQL: CDS_TEST_DATABASE_URL is not set and the local server does not answer")
+    sqlalchemy_url = url.replace("postgresql://", "postgresql+psycopg://", 1)
+    server = start_server(tmp_path / "data", tmp_path / "server.log", {"CDS_DATABASE_URL": sqlalchemy_url}, workers=2)
+    try:
+        card = str(uuid.uuid4())
+        answer = requests.post(server.base_url + SIGN + "/feedback", json=feedback_body(card), timeout=10)
+        assert answer.status_code == 200
+        hooks = [_hook_call(server.base_url) for _ in range(4)]
+        health = requests.get(server.base_url + "/healthz", timeout=10)
+        assert health.status_code == 200 and health.json()["store"] == "ok"
+    finally:
+        server.stop()
+    store = Store(sqlalchemy_url)
+    try:
+        assert any(r["card_uuid"] == card for r in store.feedback())
+        assert set(hooks) <= {r["hook_instance"] for r in store.audit_log()}
+    finally:
+        store.dispose()
+    assert "Traceback" not in server.log_text()
