@@ -20,7 +20,7 @@ import orjson
 import requests
 
 from .client_auth import url_under_base
-from .hook_request import HARD_DEPTH_LIMIT, nests_too_deep
+from .hook_request import HARD_DEPTH_LIMIT, nests_too_deep, prune_deep
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,9 @@ class FhirClient:
         if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
             raise FhirUnavailable("the FHIR server answered with JSON that is not a FHIR resource")
         if nests_too_deep(data):
-            raise FhirUnavailable(f"the FHIR server's answer nests deeper than {HARD_DEPTH_LIMIT} levels")
+            # Read like a malformed element (a data-quality card), never walked beyond the limit.
+            log.warning("FHIR answer nests deeper than %d levels; the deeper parts were not read", HARD_DEPTH_LIMIT)
+            prune_deep(data, HARD_DEPTH_LIMIT)
         if data["resourceType"] == "OperationOutcome":
             raise FhirUnavailable("the FHIR server answered with an OperationOutcome")
         return data

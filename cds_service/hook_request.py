@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -12,6 +13,8 @@ from .errors import ServiceError, bad_request
 from .models import validate_hook_request
 from .services import REQUIRED_CONTEXT, ServiceDef
 from .settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -167,22 +170,40 @@ def _draft_entries(draft_orders: Any) -> tuple[dict[str, Any], ...]:
     return tuple(resources)
 
 
-# Nothing in a request may nest deeper than this, anywhere (resources included): every recursive walk of request
-# data (validation, repr in a message, the rules' readers) then stays far inside Python's recursion limit.
+# Nothing the service reads may nest deeper than this, anywhere (resources included): every recursive walk of
+# request data (validation, repr in a message, the rules' readers) then stays far inside Python's recursion limit.
 HARD_DEPTH_LIMIT = 254
+# What a part nested beyond the limit is replaced with: a string where an object or array was, which the
+# readers treat as any malformed value (a data-quality card, or a 400 naming the element of a draft).
+PRUNED = "[nested deeper than 254 levels: not read]"
 
 
 def _raise_for_hard_depth(body: Any) -> None:
-    """400 when any part of the request nests beyond HARD_DEPTH_LIMIT levels.
+    """Cut what nests beyond HARD_DEPTH_LIMIT levels (rare, hostile: checked in C first, ~1 ms for 2 MB).
 
-    orjson's encoder refuses structures deeper than that (in C: ~1 ms for a 2 MB request, measured), which
-    makes it the cheap whole-request check; the resources' own, tighter limit (64) is checked where they are
-    validated, with a data-quality card for a prefetched resource.
+    The request is not refused for it: a prefetched resource with a 1000-deep birthDate yields a data-quality
+    card and a tarlatamab draft still gets its cards, as for any other malformed value; the request's own
+    structure is still held to `CDS_MAX_JSON_DEPTH` (400) after this.
     """
     if nests_too_deep(body):
-        raise ServiceError.single(
-            400, f"The request nests JSON deeper than {HARD_DEPTH_LIMIT} levels", code="too-costly"
-        )
+        prune_deep(body, HARD_DEPTH_LIMIT)
+        log.warning("the request nests deeper than %d levels; the deeper parts were not read", HARD_DEPTH_LIMIT)
+
+
+def prune_deep(value: Any, limit: int = HARD_DEPTH_LIMIT) -> Any:
+    """Replace, in place, every object or array deeper than `limit` levels with PRUNED (iterative, no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while stack:
+        node, depth = stack.pop()
+        keys = list(node) if isinstance(node, dict) else range(len(node))
+        for key in keys:
+            child = node[key]
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    node[key] = PRUNED
+                else:
+                    stack.append((child, depth + 1))
+    return value
 
 
 def nests_too_deep(value: Any) -> bool:

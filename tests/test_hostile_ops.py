@@ -22,7 +22,7 @@ from support_server_process import start_server
 
 from cds_service.client_auth import fhir_server_allowed, open_mode_host_allowed, url_under_base
 from cds_service.fhir_client import FhirClient, FhirUnavailable
-from cds_service.hook_request import HARD_DEPTH_LIMIT, nests_too_deep
+from cds_service.hook_request import HARD_DEPTH_LIMIT, PRUNED, nests_too_deep, prune_deep
 from cds_service.logsafe import escape_control
 from cds_service.services import PREFETCH_KEYS
 
@@ -45,29 +45,44 @@ def patient_key(body: dict[str, Any]) -> str:
 
 
 # --- nesting ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("element", ["birthDate", "name", "extension", "gender", "address"])
-def test_1000_deep_nesting_in_a_prefetched_patient_is_a_400_not_a_500(client: Any, element: str) -> None:
+def test_1000_deep_birth_date_in_a_prefetched_patient_is_a_data_quality_card_not_a_500(client: Any) -> None:
     body = fb.hook_request(drafts=[fb.tarlatamab_order("2026-11-21T10:00:00Z", 1)])
-    body["prefetch"][patient_key(body)][element] = "@@DEEP@@"
+    body["prefetch"][patient_key(body)]["birthDate"] = "@@DEEP@@"
     response = post_raw(client, body, deep_text(1000))
-    assert response.status_code == 400
-    assert f"deeper than {HARD_DEPTH_LIMIT}" in response.get_json()["issue"][0]["diagnostics"]
+    assert response.status_code == 200
+    quality = [c for c in response.get_json()["cards"] if c["source"]["topic"]["code"] == "data-quality"]
+    assert any("age" in c["summary"] for c in quality), response.get_json()["cards"]
 
 
-@pytest.mark.parametrize("element", ["birthDate", "name", "extension"])
-def test_nesting_just_under_the_hard_limit_is_never_a_500(client: Any, element: str) -> None:
+@pytest.mark.parametrize("element", ["name", "extension", "gender", "address", "identifier"])
+@pytest.mark.parametrize("levels", [HARD_DEPTH_LIMIT - 12, 1000])
+def test_deep_nesting_anywhere_in_a_prefetched_patient_is_never_a_500(client: Any, element: str, levels: int) -> None:
     body = fb.hook_request(drafts=[fb.tarlatamab_order("2026-11-21T10:00:00Z", 1)])
     body["prefetch"][patient_key(body)][element] = "@@DEEP@@"
-    response = post_raw(client, body, deep_text(HARD_DEPTH_LIMIT - 12))
+    response = post_raw(client, body, deep_text(levels))
+    assert response.status_code == 200, response.data[:300]  # a recognisable draft: its cards
+    assert response.get_json()["cards"]
+
+
+@pytest.mark.parametrize("where", ["draft note", "prefetched lab", "context extension"])
+def test_deep_nesting_in_a_draft_a_lab_or_the_context_is_never_a_500(client: Any, where: str) -> None:
+    body = fb.hook_request(
+        drafts=[fb.tarlatamab_order("2026-11-21T10:00:00Z", 1)],
+        observations=[fb.lab("anc", 2.4, "2026-11-20T08:00:00Z", oid="anc-deep")],
+    )
+    if where == "draft note":
+        body["context"]["draftOrders"]["entry"][0]["resource"]["note"] = "@@DEEP@@"
+    elif where == "prefetched lab":
+        bundle = next(v for v in body["prefetch"].values() if isinstance(v, dict) and v.get("entry"))
+        for entry in bundle["entry"]:
+            if entry["resource"].get("id") == "anc-deep":
+                entry["resource"]["valueQuantity"] = "@@DEEP@@"
+    else:
+        body["context"]["extension"] = "@@DEEP@@"
+    response = post_raw(client, body, deep_text(1000))
     assert response.status_code in (200, 400), response.data[:300]
-    if response.status_code == 200:  # a recognisable draft: cards, with the unusable patient data shown
-        assert response.get_json()["cards"]
-
-
-def test_nesting_in_a_draft_or_the_context_is_a_400(client: Any) -> None:
-    body = fb.hook_request(drafts=[fb.tarlatamab_order("2026-11-21T10:00:00Z", 1)])
-    body["context"]["draftOrders"]["entry"][0]["resource"]["note"] = "@@DEEP@@"
-    assert post_raw(client, body, deep_text(1000)).status_code == 400
+    if where == "context extension":
+        assert response.status_code == 400  # the request's own structure: CDS_MAX_JSON_DEPTH
 
 
 def test_the_hard_limit_is_exact() -> None:
@@ -83,13 +98,25 @@ def test_the_hard_limit_is_exact() -> None:
 
 
 @responses.activate
-def test_a_fhir_answer_nesting_too_deep_is_unavailable_data_not_a_crash() -> None:
+def test_a_fhir_answer_nesting_too_deep_is_cut_not_a_crash() -> None:
     base = "https://ehr.example.org/fhir"
     patient = '{"resourceType":"Patient","id":"p","birthDate":' + deep_text(1000) + "}"
     responses.get(f"{base}/Patient/p", body=patient, content_type="application/fhir+json")
     client = FhirClient(base, "tok", connect_timeout=2, total_timeout=5, max_pages=2)
-    with pytest.raises(FhirUnavailable, match="nests deeper"):
-        client.read("Patient/p", time.monotonic() + 5)
+    resource = client.read("Patient/p", time.monotonic() + 5)
+    assert resource["id"] == "p" and not nests_too_deep(resource)
+    assert PRUNED in orjson.dumps(resource).decode()
+
+
+def test_prune_deep_cuts_only_below_the_limit() -> None:
+    value: Any = {"keep": [1, {"a": "b"}]}
+    node = value
+    for _ in range(10):
+        node["next"] = {"x": 1}
+        node = node["next"]
+    pruned = prune_deep(value, 4)
+    assert pruned["keep"] == [1, {"a": "b"}]
+    assert pruned["next"]["next"]["next"]["next"] == PRUNED
 
 
 # --- JWT: finite numbers, exact aud ---------------------------------------------------------------------------
