@@ -13,14 +13,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cds_service.app import create_app
+from cds_service.protocol import Protocol, load_protocol
+from cds_service.settings import REPO_ROOT, Settings
+
 # Settings() reads CDS_* variables: the tests start from the defaults, whatever the shell has set
 # (CDS_TEST_DATABASE_URL is the tests' own).
 for _name in [n for n in os.environ if n.upper().startswith("CDS_") and n.upper() != "CDS_TEST_DATABASE_URL"]:
     del os.environ[_name]
-
-from cds_service.app import create_app
-from cds_service.protocol import Protocol, load_protocol
-from cds_service.settings import REPO_ROOT, Settings
 
 # The evaluation time of the tests: Saturday 2026-11-21 09:00 UTC.
 NOW = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)

@@ -3,14 +3,19 @@ and the card wording, and `cds-service` works from there; the package list, lice
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
 import orjson
 import pytest
+import requests
+from support_server_process import free_port
 
 from cds_service.settings import REPO_ROOT, Settings
 
@@ -80,6 +85,33 @@ def test_pip_install_outside_the_checkout_runs_replay(tmp_path: Path) -> None:
 
     catalogue = run(str(venv / "bin" / "cds-service"), "protocol")
     assert catalogue.returncode == 0 and "tarlatamab" in catalogue.stdout.lower()
+
+    # the server starts from the installed copy (gevent workers and their dependencies installed)
+    port = free_port()
+    serve_env = {**env, "CDS_PORT": str(port), "HOME": str(work)}
+    server = subprocess.Popen([str(venv / "bin" / "cds-service"), "serve"], cwd=work, env=serve_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        health = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and server.poll() is None:
+            with contextlib.suppress(requests.RequestException):
+                health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            time.sleep(0.2)
+        assert health is not None and health.status_code == 200, "the installed service did not answer"
+        answer = requests.post(f"http://127.0.0.1:{port}/cds-services/tarlatamab-order-sign", data=fixture.read_bytes(),
+                               headers={"Content-Type": "application/json"}, timeout=10)  # fmt: skip
+        assert answer.status_code == 200 and answer.json()["cards"]
+    finally:
+        server.terminate()
+        try:
+            output, _ = server.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            output, _ = server.communicate(timeout=5)
+    log = output.decode(errors="replace")
+    assert "Using worker: gevent" in log and "Traceback" not in log and "Control server" not in log
 
     # overridable: a protocol file that does not exist is named in a one-line error
     env["CDS_PROTOCOL_FILE"] = str(work / "missing.yaml")
