@@ -531,8 +531,10 @@ def recover_spools(folder: Path, store: Store) -> tuple[int, int]:
         with handle:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.fstat(handle.fileno()).st_ino != os.stat(path).st_ino:
+                    continue  # recovered and removed by another worker meanwhile
             except OSError:
-                continue  # a live worker holds it
+                continue  # a live worker holds it (or it is gone)
             pending: dict[int, AuditEntry] = {}
             done = 0
             bad = 0
