@@ -17,8 +17,9 @@ the reason is logged with the issuer and jti, never with the token):
 2. the issuer is looked up from the unverified `iss` claim; only configured issuers get any further;
 3. the key is chosen by `kid` from the issuer's inline JWKS, or from its `jwks_url` (fetched with a timeout,
    cached, fetched again at most once per interval on an unknown kid); the signature is checked by PyJWT;
-4. `aud` (string or array) must name the URL being called, `exp`/`iat`/`jti` are required, `iat` must not be
-   in the future, the lifetime must not exceed the maximum, `nbf` is honoured;
+4. the time claims must be finite numbers (no NaN/Infinity); then PyJWT verifies `iss`, `aud` (exactly the URL
+   being called, a trailing slash aside), `exp`, `iat` (not in the future), `nbf` with the leeway and the
+   required claims; the service adds the maximum lifetime and the `jti` shape;
 5. the `jti` is recorded in the shared store until the token expires: a second use is a replay (401); a
    store that cannot be reached answers 503.
 """
