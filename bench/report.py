@@ -9,7 +9,25 @@ from typing import Any
 
 import orjson
 
-SIZE_ORDER = ("S", "M", "L")
+SIZE_ORDER = ("S", "M", "L", "XL")
+# server/workload rows in the order shown; `service-cold` only appears in results of schema 1
+TARGET_ORDER = ("bare", "service-distinct", "service-pair", "service", "service-cold")
+WORKLOAD_LABEL = {
+    "bare": "bare Flask (parses the body)",
+    "service-distinct": "service, distinct patients",
+    "service-pair": "service, order-select + order-sign per patient",
+    "service": "service, same body repeated",
+    "service-cold": "service, validation cache off",
+}
+COLORS = {"bare": "#9aa5b1", "service-distinct": "#1f6feb", "service-pair": "#8250df", "service": "#79c0ff"}
+
+
+def ratio_of(results: dict[str, Any], target: str, size: str) -> float | None:
+    """service / bare throughput of one case (schema 1 results keep only the repeated-body ratios)."""
+    ratios = results.get("ratios") or {}
+    if isinstance(ratios.get(target), dict):
+        return ratios[target].get(size)
+    return ratios.get(size) if target == "service" else None
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -32,7 +50,6 @@ def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     s = results["settings"]
     by = _cases(results)
-    ratios = results.get("ratios", {})
     bare_m = by.get(("bare", "M"))
     lines = [
         "# Benchmark results: tarlatamab CDS service vs bare Flask app",
@@ -62,8 +79,13 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "## Throughput and latency",
         "",
-        "| server | size | resources | body KiB | req/s | p50 ms | p90 ms | p99 ms | max ms "
-        "| vs bare (same body) | vs bare M | worker CPU ms/req | peak RSS/worker MiB | bad responses "
+        "Workloads: **distinct patients** (every request another patient: no resource was seen before, as an EHR "
+        "sends its traffic; the headline), **order-select + order-sign** (each patient sent twice, as a clinician "
+        "composes then signs), and the **same body repeated** (what a per-worker cache answers best). The bare "
+        "app gets the distinct bodies; parsing costs it the same whatever the body.",
+        "",
+        "| server, workload | size | resources | body KiB | req/s | p50 ms | p90 ms | p99 ms | max ms "
+        "| vs bare (same size) | vs bare M | worker CPU ms/req | peak RSS/worker MiB | bad responses "
         "| wrk CPU % of a core | other load cores |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -71,7 +93,7 @@ def markdown(results: dict[str, Any]) -> str:
         req = results["requests"].get(size)
         if req is None:
             continue
-        for target in ("bare", "service", "service-cold"):
+        for target in TARGET_ORDER:
             c = by.get((target, size))
             if c is None:
                 continue
@@ -80,7 +102,8 @@ def markdown(results: dict[str, Any]) -> str:
             vs_m = c["rps"] / bare_m["rps"] if bare_m else None
             bad = c["bad"] + c.get("warmup", {}).get("bad", 0) + sum(c.get("socket_errors", {}).values())
             lines.append(
-                f"| {target} | {size} | {req['resources']} | {req['bytes'] / 1024:.1f} | {c['rps']:,.0f} "
+                f"| {WORKLOAD_LABEL.get(target, target)} | {size} | {req['resources']} "
+                f"| {req['bytes'] / 1024:.1f} | {c['rps']:,.0f} "
                 f"| {c['p50_ms']:.2f} | {c['p90_ms']:.2f} | {c['p99_ms']:.2f} | {c['max_ms']:.1f} "
                 f"| {_fmt(same, 2)} | {_fmt(vs_m, 2)} | {c['worker_cpu_ms_per_request']:.2f} "
                 f"| {c['peak_rss_mib']:.1f} | {bad} | {c['generator_cpu_pct_of_core']:.0f} "
@@ -91,11 +114,16 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {t['name']} | {_fmt(t['value'], 3)} | {t['limit']} | {_fmt(t['pass'])} |")
     cpu_ratios = results.get("cpu_ratios") or {}
     if cpu_ratios:
+        if not isinstance(next(iter(cpu_ratios.values())), dict):
+            cpu_ratios = {"service": cpu_ratios}  # schema 1
         lines += [
             "",
             "Service / bare from CPU cost (bare worker CPU ms/req divided by service worker CPU ms/req; the throughput "
             "ratio both would reach when CPU-bound on the same cores, and much less sensitive to other load): "
-            + ", ".join(f"{size} {value:.2f}" for size, value in cpu_ratios.items())
+            + "; ".join(
+                f"{WORKLOAD_LABEL.get(target, target)}: " + ", ".join(f"{size} {v:.2f}" for size, v in values.items())
+                for target, values in cpu_ratios.items()
+            )
             + ".",
         ]
 
@@ -103,7 +131,7 @@ def markdown(results: dict[str, Any]) -> str:
     if per:
         lines += [
             "",
-            "## Cost per resource (service)",
+            f"## Cost per resource (service, {results.get('per_resource_workload', 'repeated')} workload)",
             "",
             "Worker CPU per request (user + system time of both gunicorn workers during the measured phase, "
             "divided by the requests served) against the number of FHIR resources in the request.",
@@ -126,12 +154,12 @@ def markdown(results: dict[str, Any]) -> str:
                 + ", ".join(f"{k}: {v:.4f} ms" for k, v in marginal.items()),
             ]
 
-    memory = (by.get(("service", "M")) or {}).get("memory_check")
+    memory = _memory_check(by)
     if memory:
         lines += [
             "",
-            f"## Memory check (service, M body): RSS after {memory['requests_first']} vs "
-            f"{memory['requests_last']:,} requests",
+            f"## Memory check (service, M): RSS after {memory['requests_first']} vs "
+            f"{memory['requests_last']:,} requests (distinct patients in schema 2 results)",
             "",
             "| worker pid | RSS after first MiB | RSS after last MiB | peak RSS MiB | growth % |",
             "|---|---:|---:|---:|---:|",
@@ -142,9 +170,10 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {w['peak_rss_kib'] / 1024:.1f} | {w['growth_pct']:+.1f} |"
             )
     cards = [
-        f"{size}: {c['warmup']['cards']} card(s) {', '.join(c['warmup']['topics']) or ''}".rstrip()
+        f"{size}: {c['warmup']['cards']} {'card' if c['warmup']['cards'] == 1 else 'cards'} "
+        f"{', '.join(c['warmup']['topics']) or ''}".rstrip()
         for size in SIZE_ORDER
-        if (c := by.get(("service", size))) is not None
+        if (c := by.get(("service", size)) or by.get(("service-distinct", size))) is not None
     ]
     if cards:
         lines += ["", "Service responses during the run (cards per response): " + "; ".join(cards) + "."]
@@ -162,8 +191,9 @@ def markdown(results: dict[str, Any]) -> str:
     if reg:
         lines += [
             "",
-            f"Compared with the previous results ({reg['baseline_date']}, commit {reg['baseline_commit']}): "
-            f"M ratio to bare {reg['baseline_m_ratio']} -> {ratios.get('M')} ({reg['m_ratio_change_pct']:+.1f} %), "
+            f"Compared with the previous results ({reg['baseline_date']}, commit {reg['baseline_commit']}), "
+            f"{reg.get('workload', 'repeated')} workload: M ratio to bare {reg['baseline_m_ratio']} -> "
+            f"{reg.get('m_ratio', ratio_of(results, 'service', 'M'))} ({reg['m_ratio_change_pct']:+.1f} %), "
             "M req/s change "
             + (f"{reg['m_rps_change_pct']:+.1f} %" if reg["m_rps_change_pct"] is not None else "-")
             + " (raw req/s depends on the machine's load; the ratio is the comparable number).",
@@ -179,6 +209,14 @@ def markdown(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _memory_check(by: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any] | None:
+    for target in ("service-distinct", "service"):
+        memory = (by.get((target, "M")) or {}).get("memory_check")
+        if memory:
+            return memory
+    return None
 
 
 def chart(results: dict[str, Any], path: Path) -> Path | None:
@@ -197,27 +235,32 @@ def chart(results: dict[str, Any], path: Path) -> Path | None:
     width = 0.38
 
     ax = axes[0][0]
-    for offset, target, color in ((-width / 2, "bare", "#9aa5b1"), (width / 2, "service", "#1f6feb")):
+    shown = [t for t in TARGET_ORDER if t in COLORS and any((t, s) in by for s in sizes)]
+    bar_width = 0.8 / max(1, len(shown))
+    for k, target in enumerate(shown):
+        offset = (k - (len(shown) - 1) / 2) * bar_width
         values = [by[(target, s)]["rps"] if (target, s) in by else 0 for s in sizes]
-        bars = ax.bar([i + offset for i in x], values, width, label=f"{target}", color=color)
-        if target == "service":
+        bars = ax.bar([i + offset for i in x], values, bar_width, label=WORKLOAD_LABEL[target], color=COLORS[target])
+        if target != "bare":
             for bar, s in zip(bars, sizes, strict=True):
-                ratio = results.get("ratios", {}).get(s)
+                ratio = ratio_of(results, target, s)
                 if ratio is not None:
                     ax.annotate(f"{ratio:.0%}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                                ha="center", va="bottom", fontsize=9)  # fmt: skip
+                                ha="center", va="bottom", fontsize=7)  # fmt: skip
     ax.set_xticks(x, [f"{s} ({results['requests'][s]['resources']} res.)" for s in sizes])
     ax.set_ylabel("requests / s")
-    ax.set_title("Throughput (8 connections, 2 workers); % = service / bare")
+    ax.set_yscale("log")
+    ax.set_title("Throughput (8 connections, 2 workers, log); % = service / bare")
     ax.legend()
 
     ax = axes[0][1]
+    headline = "service-distinct" if any(("service-distinct", s) in by for s in sizes) else "service"
     for offset, key, color in ((-width / 2, "p50_ms", "#79c0ff"), (width / 2, "p99_ms", "#1f6feb")):
-        values = [by[("service", s)][key] if ("service", s) in by else 0 for s in sizes]
-        ax.bar([i + offset for i in x], values, width, label=f"service {key[:3]}", color=color)
+        values = [by[(headline, s)][key] if (headline, s) in by else 0 for s in sizes]
+        ax.bar([i + offset for i in x], values, width, label=f"{WORKLOAD_LABEL[headline]} {key[:3]}", color=color)
     bare_p99 = [by[("bare", s)]["p99_ms"] if ("bare", s) in by else None for s in sizes]
     ax.plot(x, bare_p99, "o", color="#57606a", label="bare p99")
-    limits = {"M": 25.0, "L": 100.0}
+    limits = {"M": 30.0, "L": 120.0} if headline == "service-distinct" else {"M": 25.0, "L": 100.0}
     for i, s in enumerate(sizes):
         if s in limits:
             ax.hlines(limits[s], i - 0.45, i + 0.45, colors="#cf222e", linestyles="dashed")
@@ -226,7 +269,7 @@ def chart(results: dict[str, Any], path: Path) -> Path | None:
     ax.set_xticks(x, sizes)
     ax.set_yscale("log")
     ax.set_ylabel("latency ms (log)")
-    ax.set_title("Service latency")
+    ax.set_title(f"Latency: {WORKLOAD_LABEL[headline]}")
     ax.legend(fontsize=8)
 
     ax = axes[1][0]
@@ -249,11 +292,11 @@ def chart(results: dict[str, Any], path: Path) -> Path | None:
     ax.legend(fontsize=8)
 
     ax = axes[1][1]
-    for offset, target, color in ((-width / 2, "bare", "#9aa5b1"), (width / 2, "service", "#1f6feb")):
+    for offset, target, color in ((-width / 2, "bare", "#9aa5b1"), (width / 2, headline, "#1f6feb")):
         values = [by[(target, s)]["peak_rss_mib"] if (target, s) in by else 0 for s in sizes]
         ax.bar([i + offset for i in x], values, width, label=f"{target} peak RSS / worker", color=color)
     labels = list(sizes)
-    memory = (by.get(("service", "M")) or {}).get("memory_check")
+    memory = _memory_check(by)
     if memory:
         i = len(sizes)
         first = max(w["rss_after_first_kib"] for w in memory["workers"]) / 1024

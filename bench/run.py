@@ -1,14 +1,17 @@
 """The benchmark: the real `cds-service serve` against a bare Flask app, same gunicorn settings, same run.
 
-    python -m bench.run                 # full run (~3 minutes), writes bench/results/
+    python -m bench.run                 # full run (~8 minutes), writes bench/results/
     python -m bench.run --duration 5    # shorter measured phases
 
-For each request size (S, M, L, see bench/workload.py) and each server (bare app, service) a fresh server is
-started on loopback, warmed up with validated requests, then driven by wrk (a second process, 8 connections)
-for a fixed duration. Reported per case: throughput, p50/p90/p99 latency, worker CPU per request, peak RSS
-per worker (VmHWM of the gunicorn workers), responses that were not 200 with a cards array, and the load
-generator's own CPU. The service's M run also checks memory: worker RSS after 100 requests and after
->= 10,000. Results: bench/results/results.json, results.md and chart.png. See bench/README.md.
+For each request size (S, M, L, XL, see bench/workload.py) and each case a fresh server is started on
+loopback, warmed up with validated requests, then driven by wrk (a second process, 8 connections) for a fixed
+duration. The cases: the bare app; the service on the same body repeated (`service`); the service on distinct
+patients, every request another patient whose resources were never seen before (`service-distinct`, the
+headline); and the service on order-select then order-sign per patient (`service-pair`). Reported per case:
+throughput, p50/p90/p99 latency, worker CPU per request, peak RSS per worker (VmHWM of the gunicorn workers),
+responses that were not 200 with a cards array, and the load generator's own CPU. The service's distinct M
+run also checks memory: worker RSS after 100 requests and after >= 10,000 requests, every one for another
+patient. Results: bench/results/results.json, results.md and chart.png. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +44,34 @@ import orjson
 import requests
 
 from bench import report
-from bench.workload import NOW, SERVICE_ID, SIZES, build
+from bench.workload import (
+    DEFAULT_SIZES,
+    NOW,
+    SERVICE_ID,
+    SIZES,
+    BenchRequest,
+    build,
+    distinct_bodies,
+    select_sign_pairs,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO_ROOT / "bench"
-LUA_SCRIPT = BENCH_DIR / "post.lua"
+LUA_SCRIPT = BENCH_DIR / "requests.lua"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-# Targets of the issue (both servers in the same run, 8 clients, 2 workers).
+# Targets (both servers in the same run, 8 clients, 2 workers); distinct patients unless named otherwise.
 TARGET_M_RATIO = 0.40
-TARGET_M_P99_MS = 25.0
-TARGET_L_P99_MS = 100.0
+TARGET_S_RATIO = 0.35
+TARGET_M_REPEATED_RATIO = 0.60
+TARGET_M_P99_MS = 30.0
+TARGET_L_P99_MS = 120.0
+# The distinct workload cycles through enough patients that their resources outnumber the service's per-worker
+# validation cache (CDS_VALIDATION_CACHE_SIZE default) several times over: no request is answered from it.
+VALIDATION_CACHE_DEFAULT = 20000
+DISTINCT_FILE_BUDGET_BYTES = 120 * 1024 * 1024
+SERVICE_PATH = f"/cds-services/{SERVICE_ID}"
+WORKLOAD_TARGETS = {"service": "repeated", "service-distinct": "distinct", "service-pair": "pair"}
 TARGET_MEMORY_GROWTH = 0.10
 LINEARITY_TOLERANCE = 1.10  # per-resource cost at L may exceed that at M by this factor (noise)
 REGRESSION_LIMIT = 0.20
@@ -219,25 +240,46 @@ class Validation:
     first_problem: str | None = None
 
 
-def send_validated(url: str, body: bytes, count: int, concurrency: int) -> Validation:
-    """`count` requests from `concurrency` threads; every response must be 200 with a cards array."""
+Workload = list[tuple[str, bytes]]  # (path, body) of each request, sent in this order and cycled
+
+
+def write_workload(path: Path, workload: Workload) -> Path:
+    """The requests file bench/requests.lua reads: one request a line, path TAB body (compact JSON)."""
+    with path.open("wb") as out:
+        for url_path, body in workload:
+            if b"\n" in body or b"\t" in url_path.encode():
+                raise ValueError("a benchmark body must be one line of JSON")
+            out.write(url_path.encode() + b"\t" + body + b"\n")
+    return path
+
+
+def distinct_count(request: BenchRequest, size_bytes: int) -> int:
+    """Patients in the distinct workload: their resources outnumber the validation cache 3 times over (so no
+    request is answered from it), within the memory budget of the load generator."""
+    wanted = math.ceil(3 * VALIDATION_CACHE_DEFAULT / request.resources)
+    return max(8, min(wanted, DISTINCT_FILE_BUDGET_BYTES // max(1, size_bytes)))
+
+
+def send_validated(base_url: str, workload: Workload, count: int, concurrency: int) -> Validation:
+    """`count` requests of `workload` (in order, cycled) from `concurrency` threads; every response must be 200
+    with a cards array."""
     result = Validation()
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    chunks = [[workload[n % len(workload)] for n in range(i, count, concurrency)] for i in range(concurrency)]
 
-    def worker(n: int) -> list[tuple[int, Any]]:
+    def worker(chunk: Workload) -> list[tuple[int, Any]]:
         out = []
         with requests.Session() as session:
-            for _ in range(n):
+            for url_path, body in chunk:
                 try:
-                    r = session.post(url, data=body, headers=headers, timeout=30)
+                    r = session.post(base_url + url_path, data=body, headers=headers, timeout=30)
                     out.append((r.status_code, r.content))
                 except requests.RequestException as exc:
                     out.append((0, type(exc).__name__.encode()))
         return out
 
-    shares = [count // concurrency + (1 if i < count % concurrency else 0) for i in range(concurrency)]
     with ThreadPoolExecutor(concurrency) as pool:
-        for replies in pool.map(worker, [s for s in shares if s]):
+        for replies in pool.map(worker, [c for c in chunks if c]):
             for status, content in replies:
                 result.requests += 1
                 result.statuses[str(status)] = result.statuses.get(str(status), 0) + 1
@@ -268,11 +310,13 @@ def wrk_version() -> str:
     return (proc.stdout or proc.stderr).strip().splitlines()[0] if (proc.stdout or proc.stderr) else "wrk"
 
 
-def run_wrk(url: str, body_path: Path, duration: int, connections: int, threads: int, log_path: Path) -> dict[str, Any]:
-    """One wrk run; returns its WRK_JSON summary plus the generator's own CPU use."""
+def run_wrk(
+    url: str, requests_path: Path, duration: int, connections: int, threads: int, log_path: Path
+) -> dict[str, Any]:
+    """One wrk run over a requests file; returns its WRK_JSON summary plus the generator's own CPU use."""
     argv = [
         "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "--latency",
-        "-s", str(LUA_SCRIPT), url, "--", str(body_path),
+        "-s", str(LUA_SCRIPT), url, "--", str(requests_path),
     ]  # fmt: skip
     started = time.monotonic()
     with log_path.open("wb") as log:
@@ -316,9 +360,6 @@ def server_for(target: str, opts: Options, tmp: Path, size: str) -> Server:
         ]  # fmt: skip
     else:
         data_dir = tmp / f"data-{target}-{size}"
-        if target == "service-cold":
-            # Every resource validated on every request, as on a patient's first call (no validation cache).
-            env["CDS_VALIDATION_CACHE_SIZE"] = "0"
         data_dir.mkdir(parents=True, exist_ok=True)
         env["CDS_DATA_DIR"] = str(data_dir)
         env["CDS_NOW"] = NOW
@@ -331,16 +372,23 @@ def server_for(target: str, opts: Options, tmp: Path, size: str) -> Server:
     return Server(target, argv, env, port, tmp / f"{target}-{size}.log", opts.workers)
 
 
-def run_case(target: str, size: str, body_path: Path, opts: Options, tmp: Path) -> dict[str, Any]:
-    body = body_path.read_bytes()
+def run_case(
+    target: str, size: str, request: BenchRequest, workload: Workload, opts: Options, tmp: Path
+) -> dict[str, Any]:
+    requests_path = write_workload(tmp / f"requests-{target}-{size}.txt", workload)
     server = server_for(target, opts, tmp, size)
-    url = f"http://127.0.0.1:{server.port}/cds-services/{SERVICE_ID}"
-    case: dict[str, Any] = {"target": target, "size": size}
+    url = server.base_url
+    case: dict[str, Any] = {
+        "target": target,
+        "size": size,
+        "workload": WORKLOAD_TARGETS.get(target, "distinct"),
+        "distinct_requests": len({body for _, body in workload}),
+    }
     print(f"[{target} {size}] starting {' '.join(server.argv[1:4])} ... on port {server.port}", flush=True)
     server.start()
     try:
-        check_memory = target == "service" and size == "M" and opts.memory_requests > 0
-        warm = send_validated(url, body, opts.warmup, opts.connections)
+        check_memory = target == "service-distinct" and size == "M" and opts.memory_requests > 0
+        warm = send_validated(url, workload, opts.warmup, opts.connections)
         case["warmup"] = {
             "requests": warm.requests, "good": warm.good, "bad": warm.bad, "statuses": warm.statuses,
             "cards": warm.cards, "topics": warm.topics, "first_problem": warm.first_problem,
@@ -354,7 +402,7 @@ def run_case(target: str, size: str, body_path: Path, opts: Options, tmp: Path) 
         cpu_before = server.cpu_seconds()
         busy_before = machine_busy_seconds()
         result = run_wrk(
-            url, body_path, opts.duration, opts.connections, opts.wrk_threads, tmp / f"wrk-{target}-{size}.log"
+            url, requests_path, opts.duration, opts.connections, opts.wrk_threads, tmp / f"wrk-{target}-{size}.log"
         )
         cpu_used = server.cpu_seconds() - cpu_before
         busy = machine_busy_seconds() - busy_before
@@ -395,7 +443,7 @@ def run_case(target: str, size: str, body_path: Path, opts: Options, tmp: Path) 
             flush=True,
         )
         if check_memory:
-            case["memory_check"] = memory_check(server, url, body_path, opts, tmp, sent, memory_first, case)
+            case["memory_check"] = memory_check(server, url, request, opts, tmp, sent, memory_first, case)
         if server.workers() != pids_before:
             case["workers_restarted"] = True
             print(f"[{target} {size}] WARNING: worker pids changed during the run (a worker died or was recycled)")
@@ -408,24 +456,27 @@ def run_case(target: str, size: str, body_path: Path, opts: Options, tmp: Path) 
 def memory_check(
     server: Server,
     url: str,
-    body_path: Path,
+    request: BenchRequest,
     opts: Options,
     tmp: Path,
     sent: int,
     first: dict[int, dict[str, int]],
     case: dict[str, Any],
 ) -> dict[str, Any]:
-    """Drive the same server to >= opts.memory_requests requests in total, then compare each worker's RSS."""
+    """Drive the same server to >= opts.memory_requests requests in total, every one for a patient not sent
+    before (batches of fresh patients), then compare each worker's RSS."""
     extra_bad = 0
-    for round_no in range(3):
+    batch = 1000
+    started = time.monotonic()
+    for round_no in range(math.ceil(opts.memory_requests / batch) + 3):
         remaining = opts.memory_requests - sent
-        if remaining <= 0:
+        if remaining <= 0 or time.monotonic() - started > opts.max_topup_seconds:
             break
-        seconds = min(opts.max_topup_seconds, math.ceil(1.1 * remaining / max(case["rps"], 1.0)) + 1)
-        print(f"[memory] {sent} requests so far; {remaining} more (~{seconds} s)", flush=True)
-        result = run_wrk(
-            url, body_path, seconds, opts.connections, opts.wrk_threads, tmp / f"wrk-memory-{round_no}.log"
-        )
+        bodies = distinct_bodies(request, batch, start=100_000 + round_no * batch)
+        path = write_workload(tmp / "requests-memory.txt", [(SERVICE_PATH, body) for body in bodies])
+        seconds = max(1, min(math.ceil(0.9 * batch / max(case["rps"], 1.0)), opts.max_topup_seconds))
+        print(f"[memory] {sent} requests so far; {remaining} more, a batch of {batch} new patients", flush=True)
+        result = run_wrk(url, path, seconds, opts.connections, opts.wrk_threads, tmp / f"wrk-memory-{round_no}.log")
         sent += result["requests"]
         extra_bad += result["bad"] + sum(v for k, v in result["errors"].items() if k != "status")
     last = server.memory()
@@ -503,23 +554,25 @@ def case_bad(case: dict[str, Any]) -> int:
     return case.get("bad", 0) + case.get("warmup", {}).get("bad", 0) + sum(case.get("socket_errors", {}).values())
 
 
+def _ratio(by: dict[tuple[str, str], dict[str, Any]], target: str, size: str, key: str = "rps") -> float | None:
+    """service / bare for one size: by throughput (`rps`), or by worker CPU cost (`cpu`, bare over service)."""
+    service, bare = by.get((target, size)), by.get(("bare", size))
+    if service is None or bare is None:
+        return None
+    if key == "cpu":
+        cost = service["worker_cpu_ms_per_request"]
+        return round(bare["worker_cpu_ms_per_request"] / cost, 3) if cost else None
+    return round(service["rps"] / bare["rps"], 3)
+
+
 def evaluate(cases: list[dict[str, Any]], sizes: dict[str, dict[str, Any]], baseline: dict[str, Any] | None) -> dict:
     by = {(c["target"], c["size"]): c for c in cases}
-    ratios = {
-        size: round(by[("service", size)]["rps"] / by[("bare", size)]["rps"], 3)
-        for size in SIZES
-        if ("service", size) in by and ("bare", size) in by
-    }
-    # The same ratio from CPU cost (bare CPU ms/req over service CPU ms/req): what the throughput ratio would be
-    # when both are CPU-bound on the same cores. Much less sensitive to other load on the machine.
-    cpu_ratios = {
-        size: round(
-            by[("bare", size)]["worker_cpu_ms_per_request"] / by[("service", size)]["worker_cpu_ms_per_request"], 3
-        )
-        for size in SIZES
-        if ("service", size) in by and ("bare", size) in by and by[("service", size)]["worker_cpu_ms_per_request"]
-    }
-    service = {size: by[("service", size)] for size in SIZES if ("service", size) in by}
+    targets_run = [t for t in WORKLOAD_TARGETS if any(c["target"] == t for c in cases)]
+    ratios = {t: {s: r for s in SIZES if (r := _ratio(by, t, s)) is not None} for t in targets_run}
+    cpu_ratios = {t: {s: r for s in SIZES if (r := _ratio(by, t, s, "cpu")) is not None} for t in targets_run}
+    # Cost per resource on the workload that matters (distinct patients), else the repeated body.
+    basis = "service-distinct" if "service-distinct" in targets_run else "service"
+    service = {size: by[(basis, size)] for size in SIZES if (basis, size) in by}
     per_resource = {
         size: {
             "resources": sizes[size]["resources"],
@@ -529,38 +582,43 @@ def evaluate(cases: list[dict[str, Any]], sizes: dict[str, dict[str, Any]], base
         }
         for size, c in service.items()
     }
+    ordered = [s for s in SIZES if s in per_resource]
     marginal = {}
-    for a, b in (("S", "M"), ("M", "L")):
-        if a in per_resource and b in per_resource:
-            dn = per_resource[b]["resources"] - per_resource[a]["resources"]
-            dc = per_resource[b]["cpu_ms_per_request"] - per_resource[a]["cpu_ms_per_request"]
-            marginal[f"{a}->{b}"] = round(dc / dn, 4)
+    for a, b in pairwise(ordered):
+        dn = per_resource[b]["resources"] - per_resource[a]["resources"]
+        dc = per_resource[b]["cpu_ms_per_request"] - per_resource[a]["cpu_ms_per_request"]
+        marginal[f"{a}->{b}"] = round(dc / dn, 4)
     targets = []
 
     def target(name: str, value: float | None, limit: str, ok: bool | None) -> None:
         targets.append({"name": name, "value": value, "limit": limit, "pass": ok})
 
-    if "M" in ratios:
-        target("M throughput / bare M", ratios["M"], f">= {TARGET_M_RATIO:.2f}", ratios["M"] >= TARGET_M_RATIO)
-    if "M" in service:
-        p99 = service["M"]["p99_ms"]
-        target("M p99 latency (ms)", p99, f"<= {TARGET_M_P99_MS:g}", p99 <= TARGET_M_P99_MS)
-    if "L" in service:
-        p99 = service["L"]["p99_ms"]
-        target("L p99 latency (ms)", p99, f"<= {TARGET_L_P99_MS:g}", p99 <= TARGET_L_P99_MS)
-    if "M" in per_resource and "L" in per_resource:
-        growth = per_resource["L"]["cpu_ms_per_resource"] / per_resource["M"]["cpu_ms_per_resource"]
+    distinct = ratios.get("service-distinct", {})
+    for size, limit in (("M", TARGET_M_RATIO), ("S", TARGET_S_RATIO)):
+        if size in distinct:
+            target(f"{size} distinct patients: throughput / bare", distinct[size], f">= {limit:.2f}",
+                   distinct[size] >= limit)  # fmt: skip
+    for size, limit in (("M", TARGET_M_P99_MS), ("L", TARGET_L_P99_MS)):
+        if ("service-distinct", size) in by:
+            p99 = by[("service-distinct", size)]["p99_ms"]
+            target(f"{size} distinct patients: p99 latency (ms)", p99, f"<= {limit:g}", p99 <= limit)
+    repeated = ratios.get("service", {})
+    if "M" in repeated:
+        target("M repeated body: throughput / bare", repeated["M"], f">= {TARGET_M_REPEATED_RATIO:.2f}",
+               repeated["M"] >= TARGET_M_REPEATED_RATIO)  # fmt: skip
+    for a, b in pairwise(ordered):
+        growth = per_resource[b]["cpu_ms_per_resource"] / per_resource[a]["cpu_ms_per_resource"]
         target(
-            "cost per resource L / M (worker CPU)",
+            f"cost per resource {b} / {a} ({WORKLOAD_TARGETS[basis]}, worker CPU)",
             round(growth, 3),
-            f"<= {LINEARITY_TOLERANCE:.2f} (at most linear)",
+            f"<= {LINEARITY_TOLERANCE:.2f} (flat or falling)",
             growth <= LINEARITY_TOLERANCE,
         )
-    memory = service.get("M", {}).get("memory_check")
+    memory = by.get(("service-distinct", "M"), {}).get("memory_check")
     if memory:
         worst = max((abs(w["growth_pct"]) for w in memory["workers"]), default=None)
         target(
-            f"worker RSS growth, {memory['requests_first']} -> {memory['requests_last']} requests (%)",
+            f"worker RSS growth, {memory['requests_first']} -> {memory['requests_last']} distinct requests (%)",
             worst,
             f"<= {100 * TARGET_MEMORY_GROWTH:g} %",
             memory["pass"],
@@ -570,23 +628,29 @@ def evaluate(cases: list[dict[str, Any]], sizes: dict[str, dict[str, Any]], base
     target("responses that were not 200 with a cards array (or no response)", bad, "= 0", bad == 0)
 
     regression = None
-    if baseline and "M" in ratios:
-        old_ratio = (baseline.get("ratios") or {}).get("M")
+    if baseline:
+        # Compare like with like: distinct M when the baseline has it (schema 2), else the repeated-body M.
+        old = baseline.get("ratios") or {}
+        workload = "service-distinct" if isinstance(old.get("service-distinct"), dict) else "service"
+        old_ratio = old[workload].get("M") if isinstance(old.get(workload), dict) else old.get("M")
+        new_ratio = ratios.get(workload, {}).get("M")
         old_rps = next(
-            (c["rps"] for c in baseline.get("cases", []) if c["target"] == "service" and c["size"] == "M"), None
+            (c["rps"] for c in baseline.get("cases", []) if c["target"] == workload and c["size"] == "M"), None
         )
-        if old_ratio:
-            change = ratios["M"] / old_ratio - 1
+        if old_ratio and new_ratio:
+            change = new_ratio / old_ratio - 1
             regression = {
+                "workload": WORKLOAD_TARGETS[workload],
                 "baseline_date": baseline.get("date"),
                 "baseline_commit": (baseline.get("git") or {}).get("commit"),
                 "baseline_m_ratio": old_ratio,
+                "m_ratio": new_ratio,
                 "baseline_m_rps": old_rps,
                 "m_ratio_change_pct": round(100 * change, 1),
-                "m_rps_change_pct": round(100 * (service["M"]["rps"] / old_rps - 1), 1) if old_rps else None,
+                "m_rps_change_pct": round(100 * (by[(workload, "M")]["rps"] / old_rps - 1), 1) if old_rps else None,
             }
             target(
-                "M throughput ratio vs previous results (%)",
+                f"M {WORKLOAD_TARGETS[workload]} throughput ratio vs previous results (%)",
                 regression["m_ratio_change_pct"],
                 f">= -{100 * REGRESSION_LIMIT:g} %",
                 change >= -REGRESSION_LIMIT,
@@ -600,6 +664,7 @@ def evaluate(cases: list[dict[str, Any]], sizes: dict[str, dict[str, Any]], base
         "disturbed_cases": disturbed,
         "ratios": ratios,
         "cpu_ratios": cpu_ratios,
+        "per_resource_workload": WORKLOAD_TARGETS[basis],
         "per_resource": per_resource,
         "marginal_cpu_ms_per_resource": marginal,
         "targets": targets,
@@ -619,13 +684,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quiet-wait", type=float, default=5, help="seconds to wait for an idle machine before each case (0: don't)"
     )
-    parser.add_argument("--sizes", default=",".join(SIZES), help="request sizes to run (default S,M,L)")
+    parser.add_argument(
+        "--sizes", default=",".join(DEFAULT_SIZES), help=f"request sizes of {','.join(SIZES)} (default S,M,L)"
+    )
     parser.add_argument("--database-url", help="run the service on this database (default: SQLite in a temp dir)")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="results folder")
     parser.add_argument("--baseline", type=Path, help="results.json to compare M with (default: the one in --out)")
     parser.add_argument("--strict", action="store_true", help="exit 3 when a target is missed")
     parser.add_argument(
-        "--no-cold", action="store_true", help="skip the service runs with the validation cache off (service-cold)"
+        "--workloads",
+        default="repeated,distinct,pair",
+        help="service workloads to run: repeated (one body), distinct (a new patient per request), pair "
+        "(order-select then order-sign per patient); default all",
     )
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (server and wrk logs)")
     args = parser.parse_args(argv)
@@ -636,6 +706,10 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [s.strip().upper() for s in args.sizes.split(",") if s.strip()]
     if not sizes or any(s not in SIZES for s in sizes):
         parser.error(f"--sizes takes a comma list of {', '.join(SIZES)}")
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    names = {name: target for target, name in WORKLOAD_TARGETS.items()}
+    if not workloads or any(w not in names for w in workloads):
+        parser.error(f"--workloads takes a comma list of {', '.join(names)}")
     opts = Options(
         duration=args.duration,
         connections=args.connections,
@@ -658,13 +732,31 @@ def main(argv: list[str] | None = None) -> int:
         for size in sizes:
             request = build(size)
             raw = request.to_bytes()
-            path = tmp / f"bench-{size}.json"
-            path.write_bytes(raw)
-            request_info[size] = {"resources": request.resources, "bytes": len(raw), "description": request.description}
-            print(f"request {size}: {request.resources} resources, {len(raw) / 1024:.1f} KiB", flush=True)
-        for size in sizes:
-            for target in ("bare", "service", *(() if args.no_cold else ("service-cold",))):
-                cases.append(run_case(target, size, tmp / f"bench-{size}.json", opts, tmp))
+            patients = distinct_count(request, len(raw))
+            distinct = [(SERVICE_PATH, body) for body in distinct_bodies(request, patients)]
+            by_target: dict[str, Workload] = {
+                "bare": distinct,  # parsing costs the bare app the same whatever the body
+                "service": [(SERVICE_PATH, raw)],
+                "service-distinct": distinct,
+                "service-pair": [
+                    (f"/cds-services/tarlatamab-{hook}", body)
+                    for hook, body in select_sign_pairs(request, max(4, patients // 2))
+                ],
+            }
+            request_info[size] = {
+                "resources": request.resources,
+                "bytes": len(raw),
+                "description": request.description,
+                "distinct_patients": patients,
+            }
+            print(
+                f"request {size}: {request.resources} resources, {len(raw) / 1024:.1f} KiB, "
+                f"{patients} distinct patients",
+                flush=True,
+            )
+            for target in ("bare", *(names[w] for w in workloads)):
+                cases.append(run_case(target, size, request, by_target[target], opts, tmp))
+            del distinct, by_target
     finally:
         if args.keep_tmp:
             print(f"temp dir kept: {tmp}")
@@ -672,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
     results: dict[str, Any] = {
-        "schema": 1,
+        "schema": 2,
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine_info(),

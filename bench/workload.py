@@ -6,6 +6,16 @@
   liver panels, 20 other medication orders, a resolved Grade 1 CRS and a short problem list (~110 resources).
 * L: Cycle 14 Day 1 a year into treatment: 52 weeks of weekly labs (CBC, liver, electrolytes, eGFR), every
   administration and its order, monthly refills of supportive medicines (~700 resources).
+* XL: Cycle 40 Day 1, three years into treatment: 156 weeks of weekly extended panels plus a mid-week CBC and
+  liver panel, every administration and its order, monthly refills (~3,000 resources): the scale check.
+
+Workloads (how a body is sent, `bench/run.py`):
+
+* repeated: the same body on every request (what a validation cache answers best);
+* distinct: every request is another patient: the body is rewritten so that every resource in it (ids,
+  references, patient, hookInstance) differs from every other request's (`distinct_bodies`);
+* pair: each patient is sent twice, order-select then order-sign, as an EHR does while an order is composed
+  and then signed (`select_sign_pairs`).
 
 Every request carries all five prefetch keys as searchset Bundles, is planned for Monday 2026-11-23 and is
 consistent with an evaluation time of 2026-11-21T09:00:00Z (`CDS_NOW`). Ids are deterministic, so a body is
@@ -36,7 +46,9 @@ NOW = "2026-11-21T09:00:00Z"  # the benchmark's CDS_NOW (a Saturday)
 PLANNED_DATE = date(2026, 11, 23)  # the planned administration date (Monday)
 LAST_DRAW = date(2026, 11, 21)  # the pre-dose labs: drawn at 07:30 on the day of the request, 2 days before
 SERVICE_ID = "tarlatamab-order-sign"
-SIZES = ("S", "M", "L")
+SIZES = ("S", "M", "L", "XL")
+DEFAULT_SIZES = ("S", "M", "L")
+WORKLOADS = ("repeated", "distinct", "pair")
 CBC_LFT = ("anc", "hemoglobin", "platelets", "alt", "ast", "bilirubin")
 EXTENDED_PANEL = (*CBC_LFT, "sodium", "potassium", "uric_acid", "egfr")
 # analyte -> (normal value, relative spread) for the deterministic week-to-week variation
@@ -293,11 +305,96 @@ def large() -> BenchRequest:
     return BenchRequest("L", "C14D1 a year into treatment: 52 weeks of weekly labs and all 27 doses", body)
 
 
-BUILDERS: dict[str, Callable[[], BenchRequest]] = {"S": small, "M": medium, "L": large}
+def xlarge() -> BenchRequest:
+    """C40D1 three years into treatment: weekly extended panels and a mid-week CBC and liver panel for 156 weeks."""
+    rng = random.Random(20231218)
+    first = PLANNED_DATE - timedelta(days=28 * 39)  # C1D1 = 2023-12-18
+    doses = _schedule(first, 39)
+    observations = _weekly_labs("XL", LAST_DRAW, 156, EXTENDED_PANEL, rng)
+    midweek = _weekly_labs("XL", LAST_DRAW - timedelta(days=3), 156, CBC_LFT, rng)
+    for resource in midweek:
+        resource["id"] = resource["id"].replace("XL-lab-", "XL-midweek-")
+    observations += midweek
+    for i, (kind, value, offset) in enumerate(
+        [("crs-grade", 1, 1), ("crs-grade", 0, 2), ("ice-score", 10, 1), ("crs-grade", 2, 8), ("crs-grade", 0, 10),
+         ("ice-score", 10, 8)]
+    ):  # fmt: skip
+        observations.append(
+            fb.grade_observation(kind, value, _at(first + timedelta(days=offset), 6), oid=f"XL-grade-{i}")
+        )
+    medications = _given_orders("XL", doses)
+    medications += _platinum("XL", date(2023, 8, 7), 4)
+    for month in range(37):
+        authored = first + timedelta(days=30 * month)
+        status = "active" if month == 36 else "completed"
+        medications += [
+            _medication_request(f"XL-med-{rx}-{month}", rx, display, text, authored, status)
+            for rx, display, text in SUPPORTIVE
+        ]
+    conditions = [
+        _sclc("XL", "2023-07-10"),
+        fb.crs_condition(1, _at(first + timedelta(days=1), 2), _at(first + timedelta(days=2), 9), cid="XL-crs-1"),
+        fb.crs_condition(2, _at(first + timedelta(days=8), 1), _at(first + timedelta(days=10), 9), cid="XL-crs-2"),
+        *_history_conditions("XL", 7),
+    ]
+    body = _request(
+        "XL",
+        drafts=[fb.tarlatamab_order(_at(PLANNED_DATE), dose=10, oid="XL-tarla-order-C40D1")],
+        medications=medications,
+        administrations=_administrations("XL", doses),
+        observations=observations,
+        conditions=conditions,
+    )
+    return BenchRequest("XL", "C40D1 three years into treatment: 156 weeks of labs and all 79 doses", body)
+
+
+BUILDERS: dict[str, Callable[[], BenchRequest]] = {"S": small, "M": medium, "L": large, "XL": xlarge}
 
 
 def build(size: str) -> BenchRequest:
     return BUILDERS[size]()
+
+
+# --- distinct patients -------------------------------------------------------------------------------
+def _patient_variant(raw: str, size: str, hook_instance: str, n: int) -> bytes:
+    """The body `raw` as patient number `n`: every id, reference, the patient and the hookInstance renamed,
+    so that no resource of it is byte-identical to one of another patient's body."""
+    tag = f"{size}p{n:06d}"
+    return (
+        raw.replace(fb.PATIENT_ID, f"{fb.PATIENT_ID}-{n:06d}")
+        .replace(f'"{size}-', f'"{tag}-')
+        .replace(f"/{size}-", f"/{tag}-")
+        .replace(hook_instance, str(uuid.uuid5(uuid.NAMESPACE_URL, f"urn:tarlatamab-cds:bench:{tag}")))
+        .encode()
+    )
+
+
+def order_select_body(request: BenchRequest) -> dict[str, Any]:
+    """The same request as the order-select call that precedes order-sign (the tarlatamab draft selected)."""
+    body = orjson.loads(request.to_bytes())
+    body["hook"] = "order-select"
+    drafts = [e["resource"] for e in body["context"]["draftOrders"]["entry"]]
+    body["context"]["selections"] = [f"MedicationRequest/{d['id']}" for d in drafts if "tarla" in d["id"]][:1]
+    body["hookInstance"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"urn:tarlatamab-cds:bench:{request.size}:select"))
+    return body
+
+
+def distinct_bodies(request: BenchRequest, count: int, start: int = 0) -> list[bytes]:
+    """`count` order-sign bodies of `request`'s shape, each for another patient (numbers start..start+count-1)."""
+    raw = request.to_bytes().decode()
+    return [_patient_variant(raw, request.size, request.body["hookInstance"], n) for n in range(start, start + count)]
+
+
+def select_sign_pairs(request: BenchRequest, count: int) -> list[tuple[str, bytes]]:
+    """(hook, body) for `count` patients: each patient's order-select call, then its order-sign call."""
+    sign = request.to_bytes().decode()
+    select_body = order_select_body(request)
+    select = orjson.dumps(select_body).decode()
+    out: list[tuple[str, bytes]] = []
+    for n in range(count):
+        out.append(("order-select", _patient_variant(select, request.size, select_body["hookInstance"], n)))
+        out.append(("order-sign", _patient_variant(sign, request.size, request.body["hookInstance"], n)))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from . import logsafe
 from .client_auth import OpenAccess
 from .engine import Engine
 from .errors import ServiceError
-from .http import discovery, hooks, openapi
+from .http import discovery, hooks, openapi, protocol_page
 from .http.common import error_response
 from .services import discovery_document
 from .settings import Settings
@@ -49,6 +49,7 @@ def create_app(
     app.register_blueprint(discovery.bp)
     app.register_blueprint(hooks.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(protocol_page.bp)
     _install_cors(app, settings)
     _install_auth(app, settings)
     _install_error_handlers(app)

@@ -1,5 +1,9 @@
 """Findings -> CDS Hooks cards, with wording from `cards/*.yaml` (one entry per rule id).
 
+`card_set.assemble` first decides which findings make which card (one held card, problem cards, one plan
+card per order); this module words and renders them. Every record-derived value passes `card_text.safe_value`
+(escaped, capped, clinical units) before it enters a template. Every card's `source.url` is its rule on the
+service's protocol page (`{base}/protocol#rule-<id>`); the FDA label stays in `links`.
 Cards never see FHIR: suggestions are built by `suggestions.py` from the finding's SuggestionSpec.
 Card and suggestion uuids are derived from the hookInstance, the rule and the order, so the same request
 always yields the same response (replay and HTTP agree) while every invocation gets its own uuids.
@@ -15,12 +19,16 @@ from typing import Any
 
 import yaml
 
-from .findings import Finding
-from .protocol import INDICATORS, Protocol
+from .card_set import PLAN_TOPIC, CardPlan, assemble, plan_indicator
+from .card_text import TemplateData, safe_value
+from .findings import Evidence, Finding, SuggestionSpec
+from .protocol import INDICATORS, Protocol, RuleDef
 from .suggestions import SuggestionBuilder
 
 TOPIC_SYSTEM = "urn:tarlatamab-cds:card-topic"
 SUMMARY_MAX = 139
+MAX_EVIDENCE_LINES = 20
+DEFAULT_BASE_URL = "http://localhost"  # replay without CDS_PUBLIC_BASE_URL (the Flask test client's host)
 _UUID_NAMESPACE = uuid.UUID("6f3a51f0-2a4f-4c36-9a55-8f0f6f4de3a1")
 _INDICATOR_RANK = {name: i for i, name in enumerate(INDICATORS)}
 
@@ -69,6 +77,12 @@ def fill(template: str, values: dict[str, Any]) -> str:
     return template.format_map(_Values(values)).strip()
 
 
+def protocol_page_url(base_url: str, rule_id: str | None = None) -> str:
+    """The protocol page, or one rule's anchor on it: `{base}/protocol#rule-<id>`."""
+    url = f"{base_url.rstrip('/')}/protocol"
+    return f"{url}#rule-{rule_id}" if rule_id else url
+
+
 def check_templates(texts: CardTexts, protocol: Protocol) -> None:
     """Every rule of the protocol has wording, and every wording belongs to a rule."""
     missing = sorted(set(protocol.rules) - set(texts.rules))
@@ -81,15 +95,13 @@ class CardRenderer:
     def __init__(self, protocol: Protocol, texts: CardTexts) -> None:
         self.protocol = protocol
         self.texts = texts
-        common = texts.common
-        self._source_base = {"label": common["source_label"]}
-        if common.get("source_url"):
-            self._source_base["url"] = common["source_url"]
+        self._p = TemplateData(protocol.data)
         self._links = [
             {"label": fill(link["label"], {}), "url": link["url"], "type": "absolute"}
-            for link in common.get("links", [])
+            for link in texts.common.get("links", [])
         ]
 
+    # --- entry point -------------------------------------------------------------------------------
     def render(
         self,
         findings: Iterable[Finding],
@@ -97,21 +109,131 @@ class CardRenderer:
         hook: str,
         hook_instance: str,
         suggestion_builder: SuggestionBuilder,
+        base_url: str | None = None,
     ) -> list[tuple[str, dict[str, Any]]]:
-        """(rule id, card) pairs, most urgent first (stable within an indicator)."""
+        """(leading rule id, card) pairs, most urgent first (stable within an indicator)."""
+        base = base_url or DEFAULT_BASE_URL
         cards = []
         seen: dict[str, int] = {}
-        for finding in findings:
-            key = f"{hook_instance}|{finding.rule_id}|{finding.order_id or ''}"
+        for plan in assemble(findings, self.protocol, hook):
+            kind = "" if plan.kind == "single" else f"{plan.kind}|"
+            key = f"{hook_instance}|{kind}{plan.lead.rule_id}|{plan.order_id or ''}"
             seen[key] = seen.get(key, 0) + 1
-            cards.append((finding.rule_id, self._card(finding, hook, f"{key}|{seen[key]}", suggestion_builder)))
+            identity = f"{key}|{seen[key]}"
+            if plan.kind == "held":
+                card = self._held_card(plan, hook, identity, suggestion_builder, base)
+            elif plan.kind == "plan":
+                card = self._plan_card(plan, hook, identity, base)
+            else:
+                card = self._single_card(plan.lead, hook, identity, suggestion_builder, base)
+            cards.append((plan.lead.rule_id, card))
         cards.sort(key=lambda pair: -_INDICATOR_RANK[pair[1]["indicator"]])
         return cards
 
-    def _card(
-        self, finding: Finding, hook: str, identity: str, suggestion_builder: SuggestionBuilder
+    # --- the three kinds of card -------------------------------------------------------------------
+    def _single_card(
+        self, finding: Finding, hook: str, identity: str, builder: SuggestionBuilder, base: str
     ) -> dict[str, Any]:
         rule = self.protocol.rule(finding.rule_id)
+        text = self._text(finding)
+        values = self._values(finding, hook)
+        parts = [fill(text["detail"], values), self._evidence_block(_with_related_evidence(finding))]
+        parts.append(self._source_line(rule))
+        card = self._card(
+            identity,
+            _shorten(fill(text["summary"], values)),
+            finding.indicator or rule.indicator_for(hook),
+            parts,
+            rule,
+            rule.topic,
+            base,
+        )
+        self._add_suggestions(card, finding.suggestions, text, values, identity, builder, finding.rule_id)
+        self._add_override_reasons(card, [text])
+        return card
+
+    def _held_card(
+        self, plan: CardPlan, hook: str, identity: str, builder: SuggestionBuilder, base: str
+    ) -> dict[str, Any]:
+        held = self.texts.common["held_card"]
+        lead_rule = self.protocol.rule(plan.lead.rule_id)
+        reasons = plan.findings
+        lead_summary = self._summary(plan.lead, hook)
+        more = len(reasons) - 1
+        suffix = " " + fill(held["more_reasons_one" if more == 1 else "more_reasons"], {"count": more}) if more else ""
+        summary = _shorten(lead_summary, SUMMARY_MAX - len(suffix)) + suffix
+        parts = [fill(held["intro_one" if len(reasons) == 1 else "intro"], {"count": len(reasons)})]
+        for number, finding in enumerate(reasons, start=1):
+            rule = self.protocol.rule(finding.rule_id)
+            text = self._text(finding)
+            values = self._values(finding, hook)
+            heading = [f"**{number}. {fill(text['summary'], values)}**"] if len(reasons) > 1 else []
+            block = [*heading, fill(text["detail"], values)]
+            block.append(self._evidence_block(finding.evidence))
+            block.append(self._source_line(rule))
+            parts.append("\n\n".join(b for b in block if b))
+        if plan.also:
+            lines = [f"- {self._summary(f, hook)}" for f in plan.also]
+            parts.append(held["also_heading"] + "\n" + "\n".join(lines))
+        card = self._card(identity, summary, "critical", parts, lead_rule, lead_rule.topic, base)
+        delete = (SuggestionSpec("delete-order", plan.order_id),)
+        self._add_suggestions(card, delete, {}, {"p": self._p}, identity, builder, plan.lead.rule_id)
+        self._add_override_reasons(card, [self._text(f) for f in reasons])
+        return card
+
+    def _plan_card(self, plan: CardPlan, hook: str, identity: str, base: str) -> dict[str, Any]:
+        texts = self.texts.common["plan_card"]
+        lead_rule = self.protocol.rule(plan.lead.rule_id)
+        indicator = max((plan_indicator(f, self.protocol, hook) for f in plan.findings), key=_INDICATOR_RANK.get)
+        lines = []
+        for finding in plan.findings:
+            text = self._text(finding)
+            lines.append("- " + fill(text.get("plan", text["summary"]), self._values(finding, hook)))
+        if not any(self.protocol.rule(f.rule_id).topic == "administration" for f in plan.findings):
+            lines.append("- " + fill(texts["infusion_line"], {"p": self._p}))
+        lead_values = self._values(plan.lead, hook)
+        parts = [fill(texts["intro"], lead_values) + "\n\n" + "\n".join(lines)]
+        evidence: list[Evidence] = []
+        for finding in plan.findings:
+            evidence.extend(e for e in finding.evidence if e not in evidence)
+        parts.append(self._evidence_block(evidence))
+        parts.append(self._sources_line([self.protocol.rule(f.rule_id) for f in plan.findings]))
+        card = self._card(
+            identity, _shorten(fill(self._text(plan.lead)["summary"], lead_values)), indicator, parts, lead_rule,
+            PLAN_TOPIC, base,
+        )  # fmt: skip
+        if indicator != "info":
+            self._add_override_reasons(card, [self._text(f) for f in plan.findings])
+        return card
+
+    # --- pieces ------------------------------------------------------------------------------------
+    def _card(
+        self,
+        identity: str,
+        summary: str,
+        indicator: str,
+        parts: list[str],
+        rule: RuleDef,
+        topic: str,
+        base: str,
+    ) -> dict[str, Any]:
+        common = self.texts.common
+        card: dict[str, Any] = {
+            "uuid": str(uuid.uuid5(_UUID_NAMESPACE, identity)),
+            "summary": summary,
+            "indicator": indicator,
+            "detail": "\n\n".join(p for p in parts if p),
+            "source": {
+                "label": fill(common["source_label"], {"version": self.protocol.version, "rule_id": rule.id}),
+                "url": protocol_page_url(base, rule.id),
+                "topic": {"system": TOPIC_SYSTEM, "code": topic, "display": topic},
+            },
+        }
+        if self._links:
+            card["links"] = list(self._links)
+        return card
+
+    def _text(self, finding: Finding) -> dict[str, Any]:
         text = self.texts.for_rule(finding.rule_id)
         variant = finding.values.get("variant")
         if variant is not None:
@@ -119,98 +241,121 @@ class CardRenderer:
                 text = {**text, **text["variants"][variant]}
             except KeyError as exc:
                 raise CardTextError(f"no card wording for variant {variant!r} of {finding.rule_id}") from exc
-        values = {"p": self.protocol.data, **finding.values}
+        return text
+
+    def _values(self, finding: Finding, hook: str) -> dict[str, Any]:
+        """The template values of a finding: every record-derived value made safe, protocol data as `p`."""
+        values: dict[str, Any] = {k: safe_value(v) for k, v in finding.values.items() if k != "variant"}
+        values["p"] = self._p
+        text = self._text(finding)
+        plural = self.texts.common["count_words"]
         for name, related in finding.related:
-            lines = [self.summary_of(f, hook) for f in related]
+            lines = [self._line_of(f, hook) for f in related]
             empty = text.get("empty", {}).get(name, "none")
             values[name] = "; ".join(lines) or empty
             values[f"{name}_list"] = "\n".join(f"- {line}" for line in lines) or empty
             values[f"{name}_count"] = len(lines)
-        summary = fill(text["summary"], values)
-        if len(summary) > SUMMARY_MAX:
-            summary = summary[: SUMMARY_MAX - 1].rstrip() + "…"
-        indicator = finding.indicator or rule.indicator_for(hook)
-        card: dict[str, Any] = {
-            "uuid": str(uuid.uuid5(_UUID_NAMESPACE, identity)),
-            "summary": summary,
-            "indicator": indicator,
-            "detail": self._detail(text, values, finding, rule),
-            "source": {
-                **self._source_base,
-                "topic": {"system": TOPIC_SYSTEM, "code": rule.topic, "display": rule.topic},
-            },
-        }
+            values[f"{name}_count_words"] = fill(plural["one" if len(lines) == 1 else "many"], {"count": len(lines)})
+        return values
+
+    def _summary(self, finding: Finding, hook: str) -> str:
+        return fill(self._text(finding)["summary"], self._values(finding, hook)).rstrip(".")
+
+    def _line_of(self, finding: Finding, hook: str) -> str:
+        """A related finding inside a summary card: a plan finding's plan line, else its summary."""
+        text = self._text(finding)
+        if "plan" in text and self.protocol.rule(finding.rule_id).role == "plan":
+            return fill(text["plan"], self._values(finding, hook)).rstrip(".")
+        return self._summary(finding, hook)
+
+    def summary_of(self, finding: Finding, hook: str) -> str:
+        """The summary line a finding's own card would have (used inside summary and held cards)."""
+        return self._summary(finding, hook)
+
+    def _evidence_block(self, evidence: Iterable[Evidence]) -> str:
+        items = list(evidence)
+        if not items:
+            return ""
+        lines = [self.texts.common["evidence_heading"]]
+        for ev in items[:MAX_EVIDENCE_LINES]:
+            extra = ", ".join(str(safe_value(x)) for x in (ev.date, ev.reference) if x)
+            line = f"- {safe_value(ev.label)}: {safe_value(ev.value)}"
+            lines.append(line + (f" ({extra})" if extra else ""))
+        if len(items) > MAX_EVIDENCE_LINES:
+            lines.append("- " + fill(self.texts.common["evidence_more"], {"count": len(items) - MAX_EVIDENCE_LINES}))
+        return "\n".join(lines)
+
+    def _source_line(self, rule: RuleDef) -> str:
+        return self._sources_line([rule])
+
+    def _sources_line(self, rules: list[RuleDef]) -> str:
+        """"Source: IMDELLTRA prescribing information, section 2.2; institutional protocol v…, rule <id>"."""
+        common = self.texts.common
+        parts = []
+        labels = list(dict.fromkeys(r.label for r in rules if r.label))
+        if labels:
+            parts.append(fill(common["source_fda_label"], {"label": "; ".join(labels)}))
+        ids = list(dict.fromkeys(r.id for r in rules))
+        template = common["source_protocol_rule" if len(ids) == 1 else "source_protocol_rules"]
+        parts.append(fill(template, {"version": self.protocol.version, "rule_id": ids[0], "rule_ids": ", ".join(ids)}))
+        return fill(common["source_line"], {"sources": "; ".join(parts)})
+
+    def _add_suggestions(
+        self,
+        card: dict[str, Any],
+        specs: Iterable[SuggestionSpec],
+        text: dict[str, Any],
+        values: dict[str, Any],
+        identity: str,
+        builder: SuggestionBuilder,
+        rule_id: str,
+    ) -> None:
         suggestions = []
         labels = text.get("suggestions", {})
-        for i, spec in enumerate(finding.suggestions):
+        for i, spec in enumerate(specs):
             label_template = labels.get(spec.kind) or self.texts.common["suggestion_labels"][spec.kind]
             extra = {}
             if "orderable" in spec.params:
                 extra["orderable_display"] = self.protocol.data["orderables"][spec.params["orderable"]]["display"]
             label = fill(label_template, {**values, **spec.params, **extra})
             if len(label) > 80:
-                raise CardTextError(f"suggestion label for {finding.rule_id} is longer than 80 characters")
-            actions = suggestion_builder.actions(spec, label)
+                raise CardTextError(f"suggestion label for {rule_id} is longer than 80 characters")
+            actions = builder.actions(spec, label)
             if not actions:
                 continue
             suggestions.append(
                 {
                     "label": label,
                     "uuid": str(uuid.uuid5(_UUID_NAMESPACE, f"{identity}|suggestion|{i}")),
-                    "isRecommended": i == 0,
+                    "isRecommended": not suggestions,
                     "actions": actions,
                 }
             )
         if suggestions:
             card["suggestions"] = suggestions
             card["selectionBehavior"] = "at-most-one"
-        reasons = text.get("override_reasons")
-        if isinstance(reasons, str):  # the name of a shared set in common.yaml
-            reasons = self.texts.common["override_reason_sets"][reasons]
-        if reasons:
-            card["overrideReasons"] = [
-                {"system": self.texts.common["override_reason_system"], "code": r["code"], "display": r["display"]}
-                for r in reasons
-            ]
-        if self._links:
-            card["links"] = list(self._links)
-        return card
 
-    def summary_of(self, finding: Finding, hook: str) -> str:
-        """The summary line a finding's own card would have (used inside summary cards)."""
-        text = self.texts.for_rule(finding.rule_id)
-        variant = finding.values.get("variant")
-        if variant is not None:
-            text = {**text, **text["variants"][variant]}
-        return fill(text["summary"], {"p": self.protocol.data, **finding.values}).rstrip(".")
-
-    def _detail(self, text: dict[str, Any], values: dict[str, Any], finding: Finding, rule: Any) -> str:
+    def _add_override_reasons(self, card: dict[str, Any], texts: list[dict[str, Any]]) -> None:
         common = self.texts.common
-        parts = [fill(text["detail"], values)]
-        evidence = _with_related_evidence(finding)
-        if evidence:
-            lines = [common["evidence_heading"]]
-            for ev in evidence:
-                extra = ", ".join(x for x in (ev.date, ev.reference) if x)
-                lines.append(f"- {ev.label}: {ev.value}" + (f" ({extra})" if extra else ""))
-            parts.append("\n".join(lines))
-        sources = "; ".join(f"[{tag}] {self.protocol.data['sources'][tag]}" for tag in rule.sources)
-        parts.append(
-            fill(
-                common["rule_line"],
-                {
-                    "rule_id": rule.id,
-                    "section": rule.section,
-                    "citation": rule.citation,
-                    "sources": sources,
-                    "protocol_version": self.protocol.version,
-                },
-            )
-        )
-        return "\n\n".join(parts)
+        merged: dict[str, dict[str, str]] = {}
+        for text in texts:
+            reasons = text.get("override_reasons")
+            if isinstance(reasons, str):  # the name of a shared set in common.yaml
+                reasons = common["override_reason_sets"][reasons]
+            for r in reasons or ():
+                merged.setdefault(r["code"], r)
+        if merged:
+            card["overrideReasons"] = [
+                {"system": common["override_reason_system"], "code": r["code"], "display": r["display"]}
+                for r in merged.values()
+            ]
 
 
-def _with_related_evidence(finding: Finding) -> list[Any]:
+def _shorten(summary: str, limit: int = SUMMARY_MAX) -> str:
+    return summary if len(summary) <= limit else summary[: limit - 1].rstrip() + "…"
+
+
+def _with_related_evidence(finding: Finding) -> list[Evidence]:
     """The finding's own evidence, all of it, then that of the findings it summarises (patient-view) where
     it names a resource not already shown: the first mention of a resource wins."""
     own = list(finding.evidence)

@@ -1,4 +1,5 @@
-"""`cds-service`: serve (gunicorn), replay request files, print the protocol's rule catalogue."""
+"""`cds-service`: serve (gunicorn), replay request files, preview their cards, print the protocol's rule
+catalogue, compare a candidate protocol, write the alert report."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import orjson
 
 from .errors import ServiceError
+from .governance.commands import add_compare_parser, add_report_parser, run_compare, run_report
 from .hook_request import raise_for_depth
 from .protocol import ProtocolError
 from .services import SERVICES, SERVICES_BY_ID
@@ -37,17 +39,33 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--pretty", action="store_true", help="indent the JSON output")
     replay.add_argument("files", nargs="+", type=Path)
 
+    preview = sub.add_parser(
+        "preview", help="render the cards of request files (replayed) or response files as an HTML page"
+    )
+    preview.add_argument("--now", help="evaluation time for request files (ISO 8601 date-time)")
+    preview.add_argument("--out", type=Path, default=Path("cards.html"), help="HTML file to write (cards.html)")
+    preview.add_argument("files", nargs="+", type=Path)
+
     proto = sub.add_parser("protocol", help="print the rule catalogue of the protocol file")
     proto.add_argument(
         "--markdown", action="store_true", help="the pharmacist-facing document (docs/protocol-rules.md)"
     )
 
+    add_compare_parser(sub)
+    add_report_parser(sub)
+
     args = parser.parse_args(argv)
+    if args.command == "compare":
+        return run_compare(args)
+    if args.command == "report":
+        return run_report(args)
     try:
         if args.command == "serve":
             return _serve(args)
         if args.command == "replay":
             return _replay(args)
+        if args.command == "preview":
+            return _preview(args)
         return _protocol(args)
     except (ProtocolError, ValueError) as exc:
         print(f"cds-service: {exc}", file=sys.stderr)
@@ -222,6 +240,46 @@ def _replay(args: argparse.Namespace) -> int:
             return 1
         option = orjson.OPT_INDENT_2 if args.pretty else 0
         sys.stdout.write(orjson.dumps(outcome.body, option=option).decode() + "\n")
+    return 0
+
+
+def _preview(args: argparse.Namespace) -> int:
+    """Cards of each file as a reviewer sees them: a response file as is, a request file replayed first."""
+    from .protocol_page import preview_page
+
+    overrides: dict[str, Any] = {"audit_enabled": False}
+    if args.now:
+        overrides["now"] = parse_now(args.now)
+    settings = Settings.from_env(**overrides)
+    engine = None
+    responses: list[tuple[str, dict[str, Any]]] = []
+    for path in args.files:
+        try:
+            body = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            print(f"cds-service preview: {path}: cannot read a JSON file ({exc})", file=sys.stderr)
+            return 1
+        if isinstance(body, dict) and isinstance(body.get("cards"), list):
+            responses.append((path.name, body))
+            continue
+        hook = body.get("hook") if isinstance(body, dict) else None
+        service_id = HOOK_TO_SERVICE.get(hook) if isinstance(hook, str) else None
+        if service_id is None:
+            print(f"cds-service preview: {path}: neither a response nor a request of a known hook", file=sys.stderr)
+            return 1
+        if engine is None:
+            from .engine import Engine
+
+            engine = Engine(settings)
+        try:
+            raise_for_depth(body, settings)
+            outcome = engine.handle(service_id, body)
+        except ServiceError as exc:
+            print(f"cds-service preview: {path}: HTTP {exc.status}: {exc.summary}", file=sys.stderr)
+            return 1
+        responses.append((f"{path.name} ({service_id})", outcome.body))
+    args.out.write_text(preview_page(responses), encoding="utf-8")
+    print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
 

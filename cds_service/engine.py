@@ -79,7 +79,10 @@ class Engine:
         *,
         now: datetime | None = None,
         allowed_fhir_servers: Collection[str] | None = None,
+        base_url: str | None = None,
     ) -> HookOutcome:
+        """Evaluate one hook call. `base_url` is the service's public URL for the cards' protocol-page links
+        (CDS_PUBLIC_BASE_URL first, else the caller's: the request host, or http://localhost for a replay)."""
         started = time.perf_counter()
         service = self.service(service_id)
         request = parse_hook_request(body, service, self.settings)
@@ -126,7 +129,11 @@ class Engine:
             requester=request.user_id,
         )
         rendered = self.renderer.render(
-            findings, hook=service.hook, hook_instance=request.hook_instance, suggestion_builder=builder
+            findings,
+            hook=service.hook,
+            hook_instance=request.hook_instance,
+            suggestion_builder=builder,
+            base_url=self.settings.public_base_url or base_url,
         )
         outcome.body = {"cards": [card for _, card in rendered]}
         outcome.cards = [

@@ -202,6 +202,16 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
                 },
             }
         },
+        "/protocol": {
+            "get": {
+                "operationId": "protocol-page",
+                "summary": "The protocol page: one anchor per rule (#rule-<id>), the target of every card's source.url",
+                "security": [],
+                "responses": {
+                    "200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
+                },
+            }
+        },
     }
     service_ids = [s.id for s in SERVICES]
     for service in SERVICES:

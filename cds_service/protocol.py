@@ -12,6 +12,10 @@ import yaml
 
 INDICATORS = ("info", "warning", "critical")
 SOURCE_TAGS = ("L", "A", "B", "G", "P")
+# How a rule's finding joins the card set of its order (cds_service/card_set.py): a `hold` withholds or
+# discontinues the dose (one critical card per held order), a `problem` is its own card, a `plan` finding is a
+# line of the order's one plan card. A rule without a role is classified by its finding (see card_set).
+ROLES = ("hold", "problem", "plan")
 TOPICS = (
     "dose",
     "schedule",
@@ -46,6 +50,9 @@ class RuleDef:
     sources: tuple[str, ...]
     citation: str
     indicator_order_select: str | None = None
+    role: str | None = None  # hold | problem | plan (None: inferred from the finding, see card_set)
+    permanent: bool = False  # a hold that permanently discontinues tarlatamab
+    label: str | None = None  # FDA label section(s) the rule applies, e.g. "2.3, Table 4"
 
     def indicator_for(self, hook: str) -> str:
         if hook == "order-select" and self.indicator_order_select:
@@ -182,6 +189,9 @@ def parse_protocol(raw: Any, path: Path | None = None) -> Protocol:
                 sources=tuple(str(s) for s in entry["sources"]),
                 citation=str(entry["citation"]).strip(),
                 indicator_order_select=entry.get("indicator_order_select"),
+                role=entry.get("role"),
+                permanent=bool(entry.get("permanent", False)),
+                label=None if entry.get("label") is None else str(entry["label"]),
             )
         except (KeyError, TypeError) as exc:
             raise ProtocolError(f"rule entry {entry!r} lacks {exc}") from exc
@@ -192,6 +202,10 @@ def parse_protocol(raw: Any, path: Path | None = None) -> Protocol:
         for ind in (rule.indicator, rule.indicator_order_select):
             if ind is not None and ind not in INDICATORS:
                 raise ProtocolError(f"rule {rule.id}: unknown indicator {ind!r}")
+        if rule.role is not None and rule.role not in ROLES:
+            raise ProtocolError(f"rule {rule.id}: role must be one of {ROLES}")
+        if rule.permanent and rule.role != "hold":
+            raise ProtocolError(f"rule {rule.id}: only a hold can be permanent")
         bad_tags = [s for s in rule.sources if s not in SOURCE_TAGS]
         if bad_tags or not rule.sources:
             raise ProtocolError(f"rule {rule.id}: source tags must be among {SOURCE_TAGS}")

@@ -38,7 +38,9 @@ from sqlalchemy import (
     delete,
     event,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -103,7 +105,12 @@ audit_table = Table(
     Column("rule_ids", Text, nullable=False),  # JSON array
     Column("data_origin", Text, nullable=True),  # JSON: prefetch key -> prefetch | null | fetched
     Column("issuer", String(500), nullable=True),
+    # The protocol version that answered (added later: NULL on rows written before; see _migrate).
+    Column("protocol_version", String(40), nullable=True),
 )
+
+# Columns added after the first release: (table, column, SQL type). create_schema adds them when missing.
+_ADDED_COLUMNS = (("cds_audit_log", "protocol_version", "VARCHAR(40)"),)
 
 jwt_replay_table = Table(
     "cds_jwt_replay",
@@ -168,6 +175,7 @@ class AuditEntry:
     cards: tuple[dict[str, str], ...]
     data_origin: dict[str, str]
     issuer: str | None = None
+    protocol_version: str | None = None
 
 
 def make_engine(url: str) -> Engine:
@@ -226,6 +234,7 @@ class Store:
         for attempt in range(3):
             try:
                 metadata.create_all(self.engine)
+                self._migrate()
                 self._identity = self._file_identity()
                 return
             except SQLAlchemyError as exc:
@@ -233,6 +242,20 @@ class Store:
                     raise StoreUnavailable(f"schema could not be created ({type(exc).__name__})") from exc
                 log.info("schema creation met another process's (%s); retrying", type(exc).__name__)
                 time.sleep(0.2 * (attempt + 1))
+
+    def _migrate(self) -> None:
+        """Add the columns a database created by an earlier version lacks (ALTER TABLE ADD COLUMN)."""
+        for table, column, sql_type in _ADDED_COLUMNS:
+            if column in {c["name"] for c in inspect(self.engine).get_columns(table)}:
+                continue
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
+                log.info("store: added column %s.%s", table, column)
+            except SQLAlchemyError:
+                # Another process added it first; anything else is raised by the check below.
+                if column not in {c["name"] for c in inspect(self.engine).get_columns(table)}:
+                    raise
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -262,6 +285,7 @@ class Store:
                     self.engine.dispose()
                     try:
                         metadata.create_all(self.engine)
+                        self._migrate()
                     except SQLAlchemyError as exc:
                         raise StoreUnavailable(f"reopening the SQLite file failed ({type(exc).__name__})") from exc
                     self._identity = current
@@ -433,6 +457,7 @@ class Store:
             "rule_ids": orjson.dumps(sorted({c["rule"] for c in e.cards})).decode(),
             "data_origin": orjson.dumps(e.data_origin).decode() if e.data_origin else None,
             "issuer": _clip(e.issuer, 500),
+            "protocol_version": _clip(e.protocol_version, 40),
         }
 
     def audit_log(self) -> list[dict[str, Any]]:

@@ -21,6 +21,22 @@ from .protocol import Protocol
 _UUID_NAMESPACE = uuid.UUID("0d3e6f9e-5b0b-4b8e-9d59-4b7d8a1c2e10")
 
 
+def pruned(value: Any) -> Any:
+    """`value` without empty elements (None, "", whitespace-only strings, [] and {}), recursively; FHIR forbids
+    them, and a suggestion must not echo a draft's empty or blank fields back to the EHR."""
+    if isinstance(value, dict):
+        out = {k: pruned(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if not _empty(v)}
+    if isinstance(value, list):
+        items = [pruned(v) for v in value]
+        return [v for v in items if not _empty(v)]
+    return value
+
+
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip()) or value in ({}, [])
+
+
 class SuggestionBuilder:
     """Builds the actions of suggestions for one request."""
 
@@ -50,7 +66,11 @@ class SuggestionBuilder:
             doses = self.protocol.section("doses")
             if dose not in (doses["step_up_mg"], doses["target_mg"]):  # never suggest any other dose [L]
                 raise ValueError(f"refusing to suggest a tarlatamab dose of {dose} mg")
-            return [{"type": "update", "description": label, "resource": self.updated_dose(order, int(dose))}]
+            try:
+                updated = self.updated_dose(order, int(dose))
+            except ValueError:  # the draft cannot be made valid FHIR: the card stays, without a button
+                return []
+            return [{"type": "update", "description": label, "resource": updated}]
         if spec.kind == "delete-order":
             if order is None:
                 return []
@@ -63,7 +83,13 @@ class SuggestionBuilder:
 
     # --- resources ------------------------------------------------------------------------------
     def updated_dose(self, order: DraftOrder, dose_mg: int) -> dict[str, Any]:
-        resource = copy.deepcopy(order.resource)
+        """The draft order with the expected dose; elements the draft left empty are not copied."""
+        resource = pruned(copy.deepcopy(order.resource))
+        if not isinstance(resource, dict):
+            resource = {}
+        resource.setdefault("resourceType", "MedicationRequest")
+        if not isinstance(resource.get("subject"), dict) or not resource["subject"].get("reference"):
+            resource["subject"] = {"reference": f"Patient/{self.patient_id}"}
         quantity = {"value": dose_mg, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}
         instructions = resource.get("dosageInstruction")
         if not isinstance(instructions, list) or not instructions or not isinstance(instructions[0], dict):

@@ -119,14 +119,10 @@ def to_canonical(protocol: Protocol, analyte: str, quantity: Any) -> Conversion:
 
 
 def unit_display(unit: str) -> str:
-    """A UCUM unit as clinicians write it: 10*9/L -> x10^9/L, mL/min/{1.73_m2} -> mL/min/1.73 m2."""
-    return (
-        unit.replace("10*", "x10^")
-        .replace("xx10^", "x10^")
-        .replace("{1.73_m2}", "1.73 m2")
-        .replace("m[IU]", "mIU")
-        .replace("[IU]", "IU")
-    )
+    """A UCUM unit as clinicians write it: 10*9/L -> ×10⁹/L, mL/min/{1.73_m2} -> mL/min/1.73 m²."""
+    from .card_text import clinical_units
+
+    return clinical_units(unit)
 
 
 def format_number(x: float) -> str:
@@ -152,8 +148,18 @@ def format_multiple(multiple: float, threshold: float | None = None) -> str:
 
 
 def format_quantity(value: float, unit: str, raw_value: str | None = None, raw_unit: str | None = None) -> str:
-    """The canonical value, with the reported one when its unit differs: "0.8 x10^9/L (reported 800 /uL)"."""
+    """The canonical value, with the reported one when the number differs: "0.8 ×10⁹/L (reported 800 /µL)".
+
+    A result reported in an equivalent unit (0.6 10*3/uL = 0.6 ×10⁹/L) is shown once.
+    """
     shown = f"{format_number(value)} {unit_display(unit)}"
-    if raw_unit is not None and raw_value is not None and raw_unit != unit:
-        shown += f" (reported {raw_value} {raw_unit})"
+    if raw_unit is not None and raw_value is not None and raw_unit != unit and _differs(raw_value, value):
+        shown += f" (reported {raw_value} {unit_display(raw_unit)})"
     return shown
+
+
+def _differs(raw_value: str, value: float) -> bool:
+    try:
+        return clean(float(raw_value)) != clean(value)
+    except ValueError:
+        return True

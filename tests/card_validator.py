@@ -141,9 +141,52 @@ def response_problems(body: Any) -> list[str]:
         problems.append("card uuids are not unique")
     for i, card in enumerate(body["cards"]):
         problems.extend(card_problems(card, f"cards[{i}]"))
+        if isinstance(card, dict):
+            problems.extend(card_text_problems(card, f"cards[{i}]"))
+    problems.extend(contradicting_suggestions([c for c in body["cards"] if isinstance(c, dict)]))
     return problems
 
 
 def assert_valid_response(body: Any) -> None:
     problems = response_problems(body)
     assert not problems, "invalid CDS Hooks response:\n" + "\n".join(problems)
+
+
+# --- words for clinicians (issue 9) ---------------------------------------------------------------------
+# Internal references no clinician can follow, and unit codes no clinician writes.
+INTERNAL_REFERENCE_RE = re.compile(
+    r"(?i)\bseed\b|spec/|protocol\.md|\.ya?ml\b|\.py\b|protocol section|\bsection 1[0-3]\b|section service|"
+    r"\(s\)|\*\*Rule\*\* `"
+)
+RAW_UCUM_RE = re.compile(r"10\*\d|10\^\d|\{(?:pill|cells|tbl|1\.73_m2)\}|\[IU\]|(?<![A-Za-zµ])uL\b|x10\b| x ULN")
+
+
+def card_text_problems(card: dict[str, Any], path: str = "card") -> list[str]:
+    """Text a clinician reads (summary, detail, labels) names no internal document and no raw unit code."""
+    problems = []
+    texts = [("summary", card.get("summary", "")), ("detail", card.get("detail", ""))]
+    texts += [(f"suggestions[{i}].label", s.get("label", "")) for i, s in enumerate(card.get("suggestions") or [])]
+    texts.append(("source.label", (card.get("source") or {}).get("label", "")))
+    for where, text in texts:
+        for regex, what in ((INTERNAL_REFERENCE_RE, "an internal reference"), (RAW_UCUM_RE, "a raw unit code")):
+            match = regex.search(str(text))
+            if match:
+                problems.append(f"{path}.{where} contains {what}: {match.group(0)!r} in {str(text)[:200]!r}")
+    url = (card.get("source") or {}).get("url")
+    if not isinstance(url, str) or not re.search(r"^https?://[^#]+/protocol#rule-[a-z0-9.-]+$", url):
+        problems.append(f"{path}.source.url must be the card's rule on the protocol page, got {url!r}")
+    return problems
+
+
+def contradicting_suggestions(cards: list[dict[str, Any]]) -> list[str]:
+    """A draft order that one suggestion deletes and another updates (e.g. "change dose" beside "cancel")."""
+    deleted, updated = set(), set()
+    for card in cards:
+        for suggestion in card.get("suggestions") or []:
+            for action in suggestion.get("actions") or []:
+                if action.get("type") == "delete":
+                    deleted.add(action.get("resourceId"))
+                elif action.get("type") == "update" and isinstance(action.get("resource"), dict):
+                    resource = action["resource"]
+                    updated.add(f"{resource.get('resourceType')}/{resource.get('id')}")
+    return [f"{ref} is both deleted and updated by suggestions" for ref in sorted(deleted & updated)]

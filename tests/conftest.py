@@ -13,7 +13,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from card_validator import card_text_problems, contradicting_suggestions
+
 from cds_service.app import create_app
+from cds_service.cards import CardRenderer
 from cds_service.protocol import Protocol, load_protocol
 from cds_service.settings import REPO_ROOT, Settings
 
@@ -111,3 +114,23 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             yellow=True,
             bold=True,
         )
+
+
+@pytest.fixture(autouse=True)
+def _every_rendered_card_reads_clinically(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every card any test renders (fixture replays, rule tests, HTTP tests) is checked: no internal references
+    or raw unit codes, a source.url to its rule, no contradicting suggestions on one order (issue 9)."""
+    problems: list[str] = []
+    original = CardRenderer.render
+
+    def checked(self: CardRenderer, *args: Any, **kwargs: Any) -> Any:
+        rendered = original(self, *args, **kwargs)
+        cards = [card for _, card in rendered]
+        for i, card in enumerate(cards):
+            problems.extend(card_text_problems(card, f"cards[{i}]"))
+        problems.extend(contradicting_suggestions(cards))
+        return rendered
+
+    monkeypatch.setattr(CardRenderer, "render", checked)
+    yield
+    assert not problems, "cards a clinician cannot read as they are:\n" + "\n".join(problems[:20])

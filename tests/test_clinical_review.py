@@ -39,7 +39,8 @@ TO_C2D1 = [
     administration("2026-10-24T09:00:00Z", 10, aid="adm-c1d15"),
     administration("2026-11-07T09:00:00Z", 10, aid="adm-c2d1"),
 ]
-_RULE_RE = re.compile(r"\*\*Rule\*\* `([^`]+)`")
+# The leading rule of a card: its anchor on the protocol page (source.url).
+_RULE_RE = re.compile(r"/protocol#rule-(.+)$")
 
 
 def sign(client: Any, drafts: list[dict[str, Any]], **kw: Any) -> list[dict[str, Any]]:
@@ -55,8 +56,8 @@ def sign(client: Any, drafts: list[dict[str, Any]], **kw: Any) -> list[dict[str,
 
 
 def rule_of(card: dict[str, Any]) -> str:
-    match = _RULE_RE.search(card["detail"])
-    assert match, card["detail"]
+    match = _RULE_RE.search(card["source"]["url"])
+    assert match, card["source"]
     return match.group(1)
 
 
@@ -194,7 +195,9 @@ def test_administration_card_names_both_the_stated_rate_and_the_stated_duration(
     """
     cards = sign(client, [tarlatamab_order(PLANNED, 10, rate=(250, "mL/h"), duration=(1, "h"))],
                  administrations=TO_C2D1)  # fmt: skip
-    card = by_rule(cards)["administration.infusion"]
+    # The infusion advice is a line of the order's plan card (issue 9), which shows the data it used.
+    card = by_rule(cards)["monitoring.schedule"]
+    assert "administration.infusion" in card["detail"]
     used = data_used(card)
     assert "250 mL/h" in used and "60 min" in used, used
 
@@ -223,7 +226,9 @@ def test_contraception_card_names_the_dose_and_patient_it_applies_to(client: Any
     """
     drafts = [tarlatamab_order(PLANNED, 1), dexamethasone_order("2026-11-21T09:00:00Z"), saline_order(PLANNED)]
     cards = sign(client, drafts, patient_resource=patient(gender="female", birth_date="1990-06-01"))
-    card = by_rule(cards)["pregnancy.contraception"]
+    # Contraception advice is a line of the order's one plan card (issue 9).
+    card = by_rule(cards)["monitoring.schedule"]
+    assert "pregnancy.contraception" in card["detail"] and "effective contraception" in card["detail"]
     assert card["indicator"] == "info"
     assert "C1D1" in card["detail"] and "2026-11-21" in card["detail"], card["detail"]
     assert "36 years" in data_used(card), card["detail"]

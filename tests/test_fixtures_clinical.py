@@ -172,20 +172,26 @@ SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
 }
 
 # Cards of the clinical topics each fixture must produce: (topic, indicator, words in the summary), exactly.
+# A held order has ONE critical card (issue 9): the order's other problems are listed in it (EXPECTED_ALSO).
 EXPECTED: dict[str, list[tuple[str, str, str]]] = {
-    "clinical-neutropenia-hold": [("lab-hold", "critical", "ANC 0.8 x10^9/L (reported 800 /uL)")],
+    "clinical-neutropenia-hold": [("lab-hold", "critical", "ANC 0.8 ×10⁹/L (reported 800 /µL)")],
     "clinical-hepatotoxicity-grade3": [
-        ("lab-hold", "critical", "Grade 3 hepatotoxicity (total bilirubin 3.2 x ULN)"),
-        ("organ-function", "info", "bilirubin 3.2 x ULN"),
+        ("lab-hold", "critical", "Grade 3 hepatotoxicity (total bilirubin 3.2 × ULN)"),
     ],
     "clinical-crs-grade2-active": [
         ("crs", "critical", "Grade 2 CRS since 2026-11-19"),
-        ("labs-missing", "warning", "sodium, potassium, uric acid"),
-        ("crs", "info", "check sodium, potassium and uric acid"),
     ],
     "clinical-icans-grade3-resolved": [("neurotoxicity", "critical", "neurology clearance")],
     "clinical-pregnant-c1d1": [("pregnancy", "critical", "hCG positive, 2026-11-20")],
     "clinical-stale-labs": [("labs-missing", "warning", "ANC, hemoglobin, platelets, ALT, AST, total bilirubin")],
+}
+# Problems of a held order listed in its critical card ("Also noted"), in place of cards of their own.
+EXPECTED_ALSO: dict[str, list[str]] = {
+    "clinical-hepatotoxicity-grade3": ["hepatic impairment, bilirubin 3.2 × ULN"],
+    "clinical-crs-grade2-active": [
+        "before 2026-11-21 (active CRS): sodium, potassium, uric acid",
+        "Check sodium, potassium and uric acid: Grade 2 CRS active",
+    ],
 }
 
 
@@ -233,6 +239,9 @@ def test_fixture_replay_and_http_agree_with_the_expected_cards(
             c["source"]["topic"]["code"] == topic and c["indicator"] == indicator and words in c["summary"]
             for c in clinical
         ), f"{name}: no {indicator} {topic} card saying {words!r}: {[c['summary'] for c in clinical]}"
+    for words in EXPECTED_ALSO.get(name, []):
+        (held,) = [c for c in clinical if c["indicator"] == "critical"]
+        assert words in also_noted(held), f"{name}: held card does not list {words!r}: {held['detail']}"
 
 
 def test_withhold_cards_offer_to_delete_the_draft_order(capsys: pytest.CaptureFixture[str]) -> None:
@@ -288,6 +297,25 @@ def has(cards: list[dict[str, Any]], topic: str, indicator: str, words: str) -> 
     return any(t == topic and i == indicator and words in s for t, i, s in summaries(cards))
 
 
+def held_card(cards: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one critical card of a held order: no other card of the order, and one suggestion (delete)."""
+    (card,) = cards
+    assert card["indicator"] == "critical"
+    (suggestion,) = card["suggestions"]
+    assert [a["type"] for a in suggestion["actions"]] == ["delete"]
+    return card
+
+
+def reasons(card: dict[str, Any]) -> str:
+    """The reasons part of a held card's detail (before "Also noted")."""
+    return card["detail"].split("**Also noted")[0]
+
+
+def also_noted(card: dict[str, Any]) -> str:
+    detail = card["detail"]
+    return detail.split("**Also noted", 1)[1] if "**Also noted" in detail else ""
+
+
 def test_discontinuation_scenario(client: Any) -> None:
     conditions = [
         crs_condition(4, "2026-06-01T10:00:00Z", abatement="2026-06-04T10:00:00Z"),
@@ -304,16 +332,20 @@ def test_discontinuation_scenario(client: Any) -> None:
         grade_observation("neurotox-grade", 0, "2026-11-03T10:00:00Z"),
     ]
     cards = post(client, maintenance_request("5b0f8a4e-0c1d-4e55-9a1e-0000000000a1", observations, conditions))
-    assert has(cards, "crs", "critical", "Grade 4 CRS on 2026-06-01")
-    assert has(cards, "crs", "critical", "second Grade 3 CRS (2026-09-01, 2026-10-01)")
-    assert has(cards, "neurotoxicity", "critical", "Grade 4 ICANS on 2026-07-01")
-    assert has(cards, "neurotoxicity", "critical", "recurrent Grade 3 neurologic toxicity (2026-10-10, 2026-11-01)")
-    assert has(cards, "lab-hold", "critical", "Grade 4 hepatotoxicity (ALT 25.0 x ULN)")
-    assert has(cards, "lab-hold", "critical", "ALT 25.0 x ULN with bilirubin 2.5 x ULN")
-    assert has(cards, "lab-hold", "critical", "platelets 40 x10^9/L")
-    assert has(cards, "lab-hold", "warning", "Hemoglobin 7.5 g/dL")
-    assert not has(cards, "lab-hold", "critical", "Grade 3 hepatotoxicity")
-    assert not has(cards, "neurotoxicity", "critical", "clearance")
+    # One critical card for the held order (issue 9), led by a permanent discontinuation, every reason in it.
+    card = held_card(cards)
+    assert has(cards, "crs", "critical", "Permanently discontinue tarlatamab: Grade 4 CRS on 2026-06-01")
+    assert "(+6 more reasons)" in card["summary"]
+    listed = reasons(card)
+    assert "second Grade 3 CRS (2026-09-01, 2026-10-01)" in listed
+    assert "Grade 4 ICANS on 2026-07-01" in listed
+    assert "recurrent Grade 3 neurologic toxicity (2026-10-10, 2026-11-01)" in listed
+    assert "Grade 4 hepatotoxicity (ALT 25.0 × ULN)" in listed
+    assert "ALT 25.0 × ULN with bilirubin 2.5 × ULN" in listed
+    assert "platelets 40 ×10⁹/L" in listed
+    assert "hemoglobin 7.5 g/dL" in also_noted(card)  # a warning, not a hold: listed as also noted
+    assert "Grade 3 hepatotoxicity" not in card["detail"]
+    assert "clearance" not in card["detail"]
 
 
 def test_population_scenario(client: Any) -> None:
@@ -332,18 +364,29 @@ def test_population_scenario(client: Any) -> None:
         conditions=[pneumonia],
         hook_instance="5b0f8a4e-0c1d-4e55-9a1e-0000000000a2",
     )
+    # Grade 2 ICANS (ICE 6) holds the order: one critical card, the population problems listed in it
+    # (issue 9); without the ICANS each problem is its own card with its own suggestion.
+    neuro = held_card(post(client, body))
+    assert neuro["source"]["topic"]["code"] == "neurotoxicity" and "Grade 2 ICANS" in neuro["summary"]
+    assert "dexamethasone 10 mg IV" in neuro["detail"]
+    noted = also_noted(neuro)
+    for words in ("Confirm pregnancy status before C1D1", "breastfeeding recorded 2026-11-01", "17 years old",
+                  "small cell lung cancer diagnosis and prior platinum chemotherapy", "eGFR 25 mL/min/1.73 m²",
+                  "Pneumonia (J18.9)"):  # fmt: skip
+        assert words in noted, (words, noted)
+    assert "contraception" not in neuro["detail"]  # plan advice for a dose that must not be given
+
+    body["prefetch"]["observations"]["entry"] = [
+        e for e in body["prefetch"]["observations"]["entry"] if "ice-score" not in json.dumps(e["resource"]["code"])
+    ]
     cards = post(client, body)
     assert has(cards, "pregnancy", "warning", "Confirm pregnancy status before C1D1")
-    assert has(cards, "pregnancy", "info", "contraception")
-    assert has(cards, "lactation", "warning", "Breastfeeding recorded (2026-11-01)")
-    assert has(cards, "eligibility", "warning", "Patient is 17 years old")
+    assert has(cards, "lactation", "warning", "breastfeeding recorded 2026-11-01")
+    assert has(cards, "eligibility", "warning", "patient is 17 years old")
     assert has(cards, "eligibility", "info", "small cell lung cancer diagnosis and prior platinum chemotherapy")
-    assert has(cards, "organ-function", "info", "eGFR 25 mL/min/1.73 m2")
+    assert has(cards, "organ-function", "info", "eGFR 25 mL/min/1.73 m²")
     assert has(cards, "infection", "warning", "Pneumonia (J18.9)")
-    (neuro,) = [c for c in cards if c["source"]["topic"]["code"] == "neurotoxicity"]
-    assert "Grade 2 ICANS" in neuro["summary"] and neuro["indicator"] == "critical"
-    kinds = [a["type"] for s in neuro["suggestions"] for a in s["actions"]]
-    assert kinds == ["delete", "create"]  # cancel the order; dexamethasone 10 mg IV
+    assert not [c for c in cards if c["source"]["topic"]["code"] == "neurotoxicity"]
     (hcg,) = [c for c in cards if has([c], "pregnancy", "warning", "Confirm")]
     assert hcg["suggestions"][0]["actions"][0]["resource"]["code"]["coding"][0]["code"] == "2106-3"
 
@@ -351,8 +394,10 @@ def test_population_scenario(client: Any) -> None:
 def test_neurotoxicity_not_improved_and_unknown_resolution(client: Any) -> None:
     observations = [*panel("2026-11-20T07:30:00Z", "lab"), grade_observation("ice-score", 1, "2026-11-13T08:00:00Z")]
     cards = post(client, maintenance_request("5b0f8a4e-0c1d-4e55-9a1e-0000000000a3", observations))
-    assert has(cards, "neurotoxicity", "critical", "Withhold tarlatamab: Grade 3 ICANS since 2026-11-13")
+    # One held card: the permanent discontinuation leads, the withhold is listed with it (issue 9).
+    card = held_card(cards)
     assert has(cards, "neurotoxicity", "critical", "Grade 3 ICANS not improved within 7 days")
+    assert "Withhold tarlatamab: Grade 3 ICANS since 2026-11-13" in reasons(card)
 
     icans = condition(
         "http://hl7.org/fhir/sid/icd-10-cm", "G92.03", "ICANS grade 3", "2026-11-12T08:00:00Z",
@@ -362,7 +407,7 @@ def test_neurotoxicity_not_improved_and_unknown_resolution(client: Any) -> None:
         client,
         maintenance_request("5b0f8a4e-0c1d-4e55-9a1e-0000000000a4", panel("2026-11-20T07:30:00Z", "lab"), [icans]),
     )
-    assert has(cards, "neurotoxicity", "critical", "resolved, date unknown: confirm timing and neurology clearance")
+    assert has(cards, "neurotoxicity", "critical", "neurology clearance: Grade 3 ICANS of 2026-11-12, resolution date unknown")
 
 
 def test_unusable_data_is_reported_never_read_as_normal(client: Any) -> None:
@@ -372,7 +417,7 @@ def test_unusable_data_is_reported_never_read_as_normal(client: Any) -> None:
     ]
     cards = post(client, maintenance_request("5b0f8a4e-0c1d-4e55-9a1e-0000000000a5", observations))
     assert has(cards, "labs-missing", "warning", ": ANC")
-    assert has(cards, "data-quality", "warning", "2 recorded value(s) could not be interpreted")
+    assert has(cards, "data-quality", "warning", "recorded data not interpretable")
     (quality,) = [c for c in cards if c["source"]["topic"]["code"] == "data-quality"]
     assert "Observation/lab-anc" in quality["detail"] and "Observation/ice-bad" in quality["detail"]
     assert not [c for c in cards if c["source"]["topic"]["code"] == "lab-hold"]

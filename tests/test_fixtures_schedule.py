@@ -40,7 +40,8 @@ REQUESTS = FIXTURES / "requests"
 NOW_ARG = "2026-11-21T09:00:00Z"
 PLANNED = "2026-11-21T10:00:00Z"
 MY_TOPICS = {"dose", "schedule", "administration", "premedication", "hydration", "monitoring"}
-RULE_RE = re.compile(r"\*\*Rule\*\* `([^`]+)`")
+# The leading rule of a card: its anchor on the protocol page (source.url), which every card carries.
+RULE_RE = re.compile(r"/protocol#rule-(.+)$")
 
 # Dates of the doses given, per scenario: (ISO date, mg), oldest first. Doses are given at 09:30 local time.
 FIRST_CYCLES = [
@@ -73,35 +74,34 @@ ORDERS: dict[str, tuple[float, bool]] = {
     "restart-after-delay": (10, False),  # the clinician thinks this is C2D15
     "step-up-skipped": (10, True),
 }
-# Expected cards of this engineer's topics: rule id -> indicator.
+# Expected cards of this engineer's topics: leading rule id -> indicator. The infusion advice
+# (administration.infusion) is a line of the one plan card led by monitoring.schedule (issue 9).
 EXPECTED: dict[str, dict[str, str]] = {
-    "c1d1": {"administration.infusion": "info", "monitoring.schedule": "info"},
-    "c1d8": {"administration.infusion": "info", "monitoring.schedule": "info"},
-    "c2d15": {"administration.infusion": "info", "monitoring.schedule": "info"},
-    "c3d1": {"administration.infusion": "info", "monitoring.schedule": "info"},
-    "c5d1": {"administration.infusion": "info", "monitoring.schedule": "info"},
+    "c1d1": {"monitoring.schedule": "info"},
+    "c1d8": {"monitoring.schedule": "info"},
+    "c2d15": {"monitoring.schedule": "info"},
+    "c3d1": {"monitoring.schedule": "info"},
+    "c5d1": {"monitoring.schedule": "info"},
     "restart-after-delay": {
         "dose.restart-after-delay": "critical",
         "premedication.dexamethasone-missing": "warning",
         "hydration.saline-missing": "warning",
-        "administration.infusion": "info",
         "monitoring.schedule": "info",
     },
     "step-up-skipped": {
         "dose.step-up-skipped": "critical",
-        "administration.infusion": "info",
         "monitoring.schedule": "info",
     },
 }
 # The monitoring card's summary names the position and its monitoring (spec section 5).
 MONITORING: dict[str, str] = {
-    "c1d1": "C1D1: monitor 22-24 h",
-    "c1d8": "C1D8: monitor 22-24 h",
-    "c2d15": "C2D15: observe the patient for 6-8 hours",
-    "c3d1": "C3D1: observe the patient for 3-4 hours",
-    "c5d1": "C5D1: observe the patient for 2 hours",
-    "restart-after-delay": "R1 (restart step-up): monitor 22-24 h",
-    "step-up-skipped": "C1D1: monitor 22-24 h",
+    "c1d1": "C1D1 plan: monitor 22-24 h",
+    "c1d8": "C1D8 plan: monitor 22-24 h",
+    "c2d15": "C2D15 plan: observe 6-8 h",
+    "c3d1": "C3D1 plan: observe 3-4 h",
+    "c5d1": "C5D1 plan: observe 2 h",
+    "restart-after-delay": "R1 (restart step-up) plan: monitor 22-24 h",
+    "step-up-skipped": "C1D1 plan: monitor 22-24 h",
 }
 
 
@@ -156,8 +156,8 @@ def rule_cards(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for card in body["cards"]:
         if card["source"]["topic"]["code"] not in MY_TOPICS:
             continue
-        match = RULE_RE.search(card["detail"])
-        assert match, card["detail"]
+        match = RULE_RE.search(card["source"]["url"])
+        assert match, card["source"]
         assert match[1] not in out, f"two cards of {match[1]} for one order"
         out[match[1]] = card
     return out
@@ -196,6 +196,7 @@ def test_replay_and_http_agree_and_give_the_expected_cards(
     cards = rule_cards(served)
     assert {rule: card["indicator"] for rule, card in cards.items()} == EXPECTED[name]
     assert cards["monitoring.schedule"]["summary"].startswith(MONITORING[name])
+    assert "administration.infusion" in cards["monitoring.schedule"]["detail"]  # the infusion is in the plan
 
 
 def test_restart_fixture_suggests_the_1mg_step_up(make_app: Callable[..., Any]) -> None:

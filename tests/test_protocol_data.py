@@ -84,6 +84,34 @@ def test_rule_catalogue_checks_topics_indicators_and_sources() -> None:
     raw["rules"].append(copy.deepcopy(raw["rules"][0]))
     with pytest.raises(ProtocolError, match="twice"):
         parse_protocol(raw)
+    for field, bad, message in (("role", "gatekeeper", "role must be one of"), ("permanent", True, "only a hold")):
+        raw = _raw()
+        raw["rules"][0][field] = bad  # the first rule is a problem (dose)
+        with pytest.raises(ProtocolError, match=message):
+            parse_protocol(raw)
+
+
+def test_every_protocol_number_a_card_template_names_exists(protocol: Protocol) -> None:
+    """`{p[section][key]}` in any summary, detail or plan line (variants included) resolves, and every plan
+    rule has a plan line to contribute to the plan card."""
+    import string
+
+    from cds_service.card_text import TemplateData
+
+    texts = load_card_texts(REPO_ROOT / "cards")
+    data = TemplateData(protocol.data)
+    for rule_id, entry in texts.rules.items():
+        versions = [entry, *entry.get("variants", {}).values()]
+        for version in versions:
+            for key in ("summary", "detail", "plan"):
+                for _, field, _, _ in string.Formatter().parse(str(version.get(key, ""))):
+                    if field and field.startswith("p["):
+                        value: object = data
+                        for part in field[2:-1].split("]["):
+                            value = value[part]  # type: ignore[index]
+                        assert isinstance(value, (int, float, str)), (rule_id, field)
+        if protocol.rule(rule_id).role == "plan":
+            assert all("plan" in v or "plan" in entry for v in versions), f"{rule_id} has no plan line"
 
 
 def test_every_unit_table_contains_its_canonical_unit() -> None:
@@ -133,9 +161,11 @@ def test_card_names_rule_source_and_protocol_version(protocol: Protocol) -> None
     builder = SuggestionBuilder(protocol, patient_id="p", hook_instance="h", draft_orders={})
     finding = Finding(rule_id="infection.active", values={"conditions": "pneumonia"})
     [(_, card)] = renderer.render([finding], hook="order-sign", hook_instance="h", suggestion_builder=builder)
-    assert "`infection.active`" in card["detail"]
-    assert protocol.version in card["detail"]
-    assert "[B]" in card["detail"]
+    # The source a clinician can follow: the institutional protocol version and rule (infection is the site's
+    # decision, not a label section), and the rule's anchor on the protocol page.
+    assert f"institutional protocol v{protocol.version}, rule infection.active" in card["detail"]
+    assert card["source"]["url"] == "http://localhost/protocol#rule-infection.active"
+    assert "infection.active" in card["source"]["label"]
     assert card["source"]["topic"] == {
         "system": "urn:tarlatamab-cds:card-topic",
         "code": "infection",

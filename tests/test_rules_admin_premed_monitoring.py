@@ -346,8 +346,14 @@ def test_missing_premedication_card_by_hook(make_app: Callable[..., Any], hook: 
     assert created["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 8
     (saline,) = cards["hydration"]["suggestions"]
     assert saline["actions"][0]["resource"]["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 1000
-    assert cards["monitoring"]["indicator"] == "info"
-    assert cards["administration"]["indicator"] == "info"
+    # The plan card (monitoring and infusion in one card, issue 9) is shown at order-sign and left out while
+    # composing (order-select), where it would only repeat itself.
+    if hook == "order-sign":
+        assert cards["monitoring"]["indicator"] == "info"
+        assert "250 mL/h" in cards["monitoring"]["detail"]
+    else:
+        assert "monitoring" not in cards
+    assert "administration" not in cards
 
 
 def test_rate_conflict_and_observation_cards_through_the_endpoint(make_app: Callable[..., Any]) -> None:
@@ -361,4 +367,6 @@ def test_rate_conflict_and_observation_cards_through_the_endpoint(make_app: Call
     assert sorted(cards) == ["administration", "monitoring"]
     assert cards["administration"]["indicator"] == "warning"
     assert "500 mL/h" in cards["administration"]["summary"] and "30 min" in cards["administration"]["summary"]
-    assert cards["monitoring"]["summary"] == "C3D1: observe the patient for 3-4 hours after the tarlatamab infusion"
+    # The order's own rate and duration stay an administration problem card; the plan card keeps the hours.
+    assert cards["monitoring"]["summary"] == "C3D1 plan: observe 3-4 h after the 60-min tarlatamab infusion"
+    assert "Observe the patient for **3-4 hours**" in cards["monitoring"]["detail"]

@@ -234,7 +234,7 @@ def test_step_up_skipped_card_suggests_updating_the_draft_to_1mg(make_app: Calla
     dose_cards = [c for c in _my_cards(payload) if c["source"]["topic"]["code"] == "dose"]
     (card,) = dose_cards
     assert card["indicator"] == "critical"
-    assert "Step-up dose skipped" in card["summary"] and "C1D1" in card["summary"]
+    assert "Change dose to 1 mg" in card["summary"] and "step-up" in card["summary"] and "C1D1" in card["summary"]
     (suggestion,) = card["suggestions"]
     (action,) = suggestion["actions"]
     assert action["type"] == "update"
@@ -278,4 +278,7 @@ def test_too_early_card_through_the_endpoint(make_app: Callable[..., Any]) -> No
 def test_compliant_maintenance_order_has_no_dose_or_schedule_card(make_app: Callable[..., Any]) -> None:
     payload = _post(make_app, ORDER_SIGN, _request([order(10000, "ug")], shifted(TO_C4D1, 14)))
     topics = sorted(c["source"]["topic"]["code"] for c in _my_cards(payload))
-    assert topics == ["administration", "monitoring"]
+    # One plan card (issue 9): monitoring and the infusion in one info card.
+    assert topics == ["monitoring"]
+    (plan,) = _my_cards(payload)
+    assert plan["indicator"] == "info" and "250 mL/h" in plan["detail"]

@@ -219,7 +219,7 @@ def test_unknown_unit_is_never_read_as_normal(protocol: Protocol) -> None:
 
 def test_hold_finding_content(protocol: Protocol) -> None:
     (finding,) = holds(protocol, with_result(lab("anc", 800, DRAWN, unit="/uL", oid="anc-low")))
-    assert finding.values == {"value": "0.8 x10^9/L (reported 800 /uL)", "date": "2026-11-20"}
+    assert finding.values == {"value": "0.8 ×10⁹/L (reported 800 /µL)", "date": "2026-11-20"}
     assert finding.evidence[0].reference == "Observation/anc-low"
     assert [(s.kind, s.order_id) for s in finding.suggestions] == [("delete-order", "tarla-order-1")]
 

@@ -190,7 +190,7 @@ def test_audit_round_trip_without_tokens_or_values(store: Store) -> None:
     assert orjson.loads(row["data_origin"]) == entry.data_origin
     assert row["at"].tzinfo is not None
     assert set(row) == {"id", "at", "service_id", "hook_instance", "patient_id", "status", "evaluation_ms", "cards",
-                        "rule_ids", "data_origin", "issuer"}  # fmt: skip
+                        "rule_ids", "data_origin", "issuer", "protocol_version"}  # fmt: skip
 
 
 def test_overlong_identifiers_do_not_break_an_audit_batch(store: Store) -> None:

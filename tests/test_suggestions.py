@@ -77,3 +77,29 @@ def test_step_up_skipped_card_offers_the_1mg_kit(client: Any) -> None:
     [dose_card] = [c for c in cards if c["source"]["topic"]["code"] == "dose"]
     resource = dose_card["suggestions"][0]["actions"][0]["resource"]
     assert resource["medicationCodeableConcept"]["coding"][0]["code"] == "55513-059-01"
+
+
+def test_dose_update_does_not_copy_empty_elements_of_the_draft(protocol: Protocol) -> None:
+    """A suggestion is built from clean values: empty strings, lists and objects of the draft (invalid FHIR,
+    and noise for the EHR) are left out; the rest of the draft is kept."""
+    order = tarlatamab_order("2026-11-21T10:00:00Z", 10)
+    order["note"] = [{"text": ""}, {}]
+    order["reasonCode"] = []
+    order["dosageInstruction"][0]["patientInstruction"] = "   "
+    order["dosageInstruction"][0]["additionalInstruction"] = [{"text": None}]
+    order["requester"]["display"] = ""
+    [action] = _builder(protocol, order).actions(SuggestionSpec("update-dose", order["id"], {"dose_mg": 1}), "x")
+    resource = action["resource"]
+    MedicationRequest.model_validate(resource)
+    assert "note" not in resource and "reasonCode" not in resource
+    assert "patientInstruction" not in resource["dosageInstruction"][0]
+    assert "additionalInstruction" not in resource["dosageInstruction"][0]
+    assert resource["requester"] == {"reference": "Practitioner/onc-42"}
+    assert resource["authoredOn"] == order["authoredOn"] and resource["intent"] == "order"
+
+
+def test_dose_update_of_a_draft_without_a_subject_names_the_patient(protocol: Protocol) -> None:
+    order = tarlatamab_order("2026-11-21T10:00:00Z", 10)
+    order["subject"] = {}
+    [action] = _builder(protocol, order).actions(SuggestionSpec("update-dose", order["id"], {"dose_mg": 1}), "x")
+    assert action["resource"]["subject"] == {"reference": "Patient/pt-1"}

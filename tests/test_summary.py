@@ -74,7 +74,7 @@ def test_missing_labs_are_listed_as_due(client: Any) -> None:
     ("conditions", "variant_text"),
     [
         ([crs_condition(2, "2026-11-15T20:00:00Z")], "on hold"),
-        ([crs_condition(4, "2026-10-20T20:00:00Z", abatement="2026-10-25T10:00:00Z")], "permanently discontinued"),
+        ([crs_condition(4, "2026-10-20T20:00:00Z", abatement="2026-10-25T10:00:00Z")], "Permanently discontinue"),
     ],
 )
 def test_hold_or_discontinuation_makes_the_summary_critical(
@@ -93,7 +93,8 @@ def test_hold_or_discontinuation_makes_the_summary_critical(
     assert card["indicator"] == "critical"
     assert variant_text in card["summary"]
     assert "CRS" in card["detail"]
-    assert "reason(s)" in card["summary"]
+    # The number of reasons in words, never "reason(s)" (issue 9).
+    assert "1 reason" in card["summary"] and "(s)" not in card["summary"]
 
 
 def test_unavailable_history_is_a_warning_not_silence(client: Any) -> None:

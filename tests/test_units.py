@@ -105,5 +105,7 @@ def test_display_of_values() -> None:
     assert format_number(0.99) == "0.99"
     assert format_number(212.0) == "212"
     assert format_number(3.50877192982) == "3.509"
-    assert format_quantity(0.8, "10*9/L", "800", "/uL") == "0.8 x10^9/L (reported 800 /uL)"
+    assert format_quantity(0.8, "10*9/L", "800", "/uL") == "0.8 ×10⁹/L (reported 800 /µL)"
+    # An equivalent unit with the same number is shown once, in clinical notation (never 10*3/uL).
+    assert format_quantity(0.6, "10*9/L", "0.6", "10*3/uL") == "0.6 ×10⁹/L"
     assert format_quantity(24.0, "U/L", "24", "U/L") == "24 U/L"

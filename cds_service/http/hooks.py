@@ -33,15 +33,19 @@ def _engine() -> Engine:
 def call_service(service_id: str) -> Response:
     engine = _engine()
     engine.service(service_id)  # 404 before anything else
-    body = read_json_body(request)
     client = getattr(g, "cds_client", None)
-    allowed = client.fhir_servers if client is not None else _open_mode_allowed(body)
     issuer = client.issuer if client is not None else None
     started = time.perf_counter()
+    body: Any = None
     try:
-        outcome = engine.handle(service_id, body, allowed_fhir_servers=allowed)
+        body = read_json_body(request)
+        allowed = client.fhir_servers if client is not None else _open_mode_allowed(body)
+        outcome = engine.handle(service_id, body, allowed_fhir_servers=allowed, base_url=request.host_url)
     except ServiceError as error:
-        _audit_error(service_id, body, error, (time.perf_counter() - started) * 1000, issuer)
+        _audit_error(service_id, body, error.status, (time.perf_counter() - started) * 1000, issuer)
+        raise
+    except Exception:
+        _audit_error(service_id, body, 500, (time.perf_counter() - started) * 1000, issuer)
         raise
     log.info(
         "hook %s hookInstance=%s patient=%s cards=%d evaluation_ms=%.1f",
@@ -62,11 +66,18 @@ def call_service(service_id: str) -> Response:
                 status=200,
                 evaluation_ms=outcome.evaluation_ms,
                 cards=tuple(
-                    {"uuid": c.uuid, "rule": c.rule_id, "topic": c.topic, "indicator": c.indicator}
-                    for c in outcome.cards
+                    {
+                        "uuid": c.uuid,
+                        "rule": c.rule_id,
+                        "topic": c.topic,
+                        "indicator": c.indicator,
+                        "suggestions": _suggestion_records(card),
+                    }
+                    for c, card in zip(outcome.cards, outcome.body["cards"], strict=True)
                 ),
                 data_origin=outcome.data_origin,
                 issuer=issuer,
+                protocol_version=engine.protocol.version,
             )
         )
     return json_response(outcome.body)
@@ -81,19 +92,34 @@ def _open_mode_allowed(body: Any) -> FhirServerAllowList:
     return FhirServerAllowList()
 
 
+def _suggestion_records(card: dict[str, Any]) -> list[dict[str, str]]:
+    """What the audit keeps of a card's suggestions, to join accepted-suggestion feedback: uuid and action."""
+    records = []
+    for suggestion in card.get("suggestions") or ():
+        actions = []
+        for action in suggestion.get("actions") or ():
+            resource = action.get("resource")
+            kind = resource.get("resourceType") if isinstance(resource, dict) else None
+            if kind is None and isinstance(action.get("resourceId"), str):
+                kind = action["resourceId"].split("/", 1)[0]
+            actions.append(f"{action.get('type')} {kind or 'resource'}")
+        records.append({"uuid": suggestion["uuid"], "action": ", ".join(actions)})
+    return records
+
+
 def _audit_writer() -> AuditWriter | None:
     return current_app.extensions.get("cds_audit_writer")
 
 
-def _audit_error(service_id: str, body: Any, error: ServiceError, elapsed_ms: float, issuer: str | None) -> None:
-    """Audit a hook call that ended in an error, when it names its hookInstance (identifiers only)."""
+def _audit_error(service_id: str, body: Any, status: int, elapsed_ms: float, issuer: str | None) -> None:
+    """Audit a hook call that ended in an error (identifiers only; "" when the body named no hookInstance)."""
     writer = _audit_writer()
-    if writer is None or not isinstance(body, dict):
+    if writer is None:
         return
-    hook_instance = body.get("hookInstance")
-    if not isinstance(hook_instance, str) or not hook_instance:
-        return
-    context = body.get("context")
+    hook_instance = body.get("hookInstance") if isinstance(body, dict) else None
+    if not isinstance(hook_instance, str):
+        hook_instance = ""
+    context = body.get("context") if isinstance(body, dict) else None
     patient_id = context.get("patientId") if isinstance(context, dict) else None
     writer.submit(
         AuditEntry(
@@ -101,11 +127,12 @@ def _audit_error(service_id: str, body: Any, error: ServiceError, elapsed_ms: fl
             service_id=service_id,
             hook_instance=hook_instance,
             patient_id=patient_id if isinstance(patient_id, str) else None,
-            status=error.status,
+            status=status,
             evaluation_ms=elapsed_ms,
             cards=(),
             data_origin={},
             issuer=issuer,
+            protocol_version=_engine().protocol.version,
         )
     )
 

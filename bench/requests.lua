@@ -1,7 +1,10 @@
--- wrk script: POST one JSON body file on every connection and check every response.
--- Usage: wrk -t1 -c8 -d10s --latency -s bench/post.lua URL -- BODY_FILE
--- A response counts as good when it is HTTP 200 and its body holds a "cards" array. The last line of the
--- output is "WRK_JSON {...}" with the totals and latency percentiles (microseconds), read by bench/run.py.
+-- wrk script: POST a different body on every request, cycling through a file of requests.
+-- Usage: wrk -t1 -c8 -d10s --latency -s bench/requests.lua URL -- REQUESTS_FILE
+-- REQUESTS_FILE holds one request a line: the path (e.g. /cds-services/tarlatamab-order-sign), a tab, and
+-- the JSON body on one line. Requests are sent in file order (order-select before order-sign of the same
+-- patient in the pair workload) and the file is cycled when it runs out. A response counts as good when it
+-- is HTTP 200 and its body holds a "cards" array. The last line of the output is "WRK_JSON {...}" with the totals and
+-- latency percentiles (microseconds), read by bench/run.py. A workload of one line repeats one body.
 
 local threads = {}
 
@@ -10,15 +13,26 @@ function setup(thread)
 end
 
 function init(args)
-  local file = assert(io.open(args[1], "rb"))
-  wrk.method = "POST"
-  wrk.body = file:read("*a")
-  file:close()
-  wrk.headers["Content-Type"] = "application/json"
-  wrk.headers["Accept"] = "application/json"
+  paths = {}
+  bodies = {}
+  for line in io.lines(args[1]) do
+    local tab = string.find(line, "\t", 1, true)
+    if tab then
+      table.insert(paths, string.sub(line, 1, tab - 1))
+      table.insert(bodies, string.sub(line, tab + 1))
+    end
+  end
+  assert(#bodies > 0, "no requests in " .. args[1])
+  headers = {["Content-Type"] = "application/json", ["Accept"] = "application/json"}
+  index = 0
   good = 0
   bad = 0
   non200 = 0
+end
+
+function request()
+  index = index % #bodies + 1
+  return wrk.format("POST", paths[index], headers, bodies[index])
 end
 
 function response(status, headers, body)

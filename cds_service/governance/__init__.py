@@ -1,0 +1,1 @@
+"""Protocol governance: change impact by replay (`compare`) and the alert report (`report`)."""
