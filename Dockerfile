@@ -26,7 +26,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # The exact dependency versions of constraints.txt, then the package with its data (protocol/, cards/).
-COPY constraints.txt pyproject.toml README.md ./
+COPY constraints.txt pyproject.toml setup.py README.md ./
 COPY cds_service ./cds_service
 COPY protocol ./protocol
 COPY cards ./cards

@@ -28,6 +28,7 @@ def test_dockerfile_runs_as_a_numeric_user_from_the_constraints() -> None:
     users = re.findall(r"^USER\s+(\S+)", text, flags=re.MULTILINE)
     assert users == ["10001:10001"]
     assert "pip install -c constraints.txt ." in text
+    assert "setup.py" in text  # the package list (find_packages + the data packages)
     assert re.search(r'^CMD \["serve"\]', text, flags=re.MULTILINE)
     assert "CDS_WORKER_CLASS=gevent" in text
 

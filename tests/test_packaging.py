@@ -22,12 +22,17 @@ from cds_service.settings import REPO_ROOT, Settings
 PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 
 
-def test_every_python_package_is_listed_for_the_wheel() -> None:
-    listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
-    on_disk = {
-        ".".join(p.parent.relative_to(REPO_ROOT).parts) for p in (REPO_ROOT / "cds_service").rglob("__init__.py")
-    }
-    assert on_disk <= listed
+def _packages_on_disk() -> set[str]:
+    return {".".join(p.parent.relative_to(REPO_ROOT).parts) for p in (REPO_ROOT / "cds_service").rglob("__init__.py")}
+
+
+def test_every_python_package_goes_into_the_wheel() -> None:
+    from setuptools import find_packages
+
+    found = set(find_packages(where=str(REPO_ROOT), include=["cds_service", "cds_service.*"]))
+    assert _packages_on_disk() <= found
+    setup_py = (REPO_ROOT / "setup.py").read_text(encoding="utf-8")
+    assert '"cds_service.protocol_files"' in setup_py and '"cds_service.card_files"' in setup_py
     mapped = PYPROJECT["tool"]["setuptools"]["package-dir"]
     assert mapped == {"cds_service.protocol_files": "protocol", "cds_service.card_files": "cards"}
     # the pharmacist's folders stay where they are
@@ -77,6 +82,9 @@ def test_pip_install_outside_the_checkout_runs_replay(tmp_path: Path) -> None:
 
     located = run(str(venv / "bin" / "python"), "-c", "import cds_service, sys; print(cds_service.__file__)")
     assert located.stdout.strip().startswith(str(venv)), located.stdout  # the installed copy, not the checkout
+    installed_root = Path(located.stdout.strip()).parent.parent
+    missing = [p for p in _packages_on_disk() if not (installed_root / p.replace(".", "/") / "__init__.py").is_file()]
+    assert missing == []  # every subpackage is in the wheel
 
     fixture = REPO_ROOT / "fixtures" / "requests" / "schedule-c1d1.json"
     replay = run(str(venv / "bin" / "cds-service"), "replay", "--now", "2026-11-21T09:00:00Z", str(fixture))
