@@ -8,6 +8,7 @@ import traceback
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
+from . import logsafe
 from .client_auth import OpenAccess
 from .engine import Engine
 from .errors import ServiceError
@@ -15,7 +16,7 @@ from .http import discovery, hooks, openapi, protocol_page
 from .http.common import error_response
 from .services import discovery_document
 from .settings import Settings
-from .store import AuditWriter, Store
+from .store import AuditWriter, Store, StoreUnavailable, recover_spools
 
 log = logging.getLogger("cds_service")
 
@@ -23,8 +24,12 @@ _CORS_METHODS = "GET, POST, OPTIONS"
 _CORS_HEADERS = "Authorization, Content-Type"
 
 
-def create_app(settings: Settings | None = None, *, store: Store | None = None) -> Flask:
+def create_app(
+    settings: Settings | None = None, *, store: Store | None = None, announce_open_mode: bool = True
+) -> Flask:
+    """The WSGI app. `announce_open_mode=False` when the caller has printed the open-mode banner already."""
     settings = settings or Settings.from_env()
+    logsafe.install()
     app = Flask(__name__)
     # Flask's own limit is a backstop; read_json_body answers 413 with an OperationOutcome first.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes + 1
@@ -38,8 +43,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     app.extensions["cds_engine"] = engine
     app.extensions["cds_discovery"] = discovery_document(engine.protocol)
     app.extensions["cds_store"] = store
-    app.extensions["cds_audit_writer"] = AuditWriter(store) if settings.audit_enabled else None
-    app.extensions["cds_auth"] = _client_auth(settings, store)
+    app.extensions["cds_audit_writer"] = _audit_writer(settings, store)
+    app.extensions["cds_auth"] = _client_auth(settings, store, announce_open_mode)
 
     app.register_blueprint(discovery.bp)
     app.register_blueprint(hooks.bp)
@@ -51,13 +56,26 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     return app
 
 
-def _client_auth(settings: Settings, store: Store) -> object:
+def _audit_writer(settings: Settings, store: Store) -> AuditWriter | None:
+    """The worker's audit writer; the spools of workers that were killed are written first."""
+    if not settings.audit_enabled:
+        return None
+    spool = settings.effective_audit_spool_dir
+    try:
+        recover_spools(spool, store)
+    except (OSError, StoreUnavailable) as exc:
+        log.error("audit spools in %s not recovered now (%s); retried when this worker first audits", spool, exc)
+    return AuditWriter(store, linger=settings.audit_linger_seconds, spool=spool)
+
+
+def _client_auth(settings: Settings, store: Store, announce_open_mode: bool) -> object:
     """Open development mode without trusted issuers; else every service and feedback call needs the JWT.
 
     A trusted-issuers file that cannot be read or is malformed stops the app here (IssuerConfigError).
     """
     if settings.trusted_issuers_file is None:
-        log.warning("open development mode: CDS client JWTs are not verified (CDS_TRUSTED_ISSUERS_FILE not set)")
+        if announce_open_mode:
+            log.warning("open development mode: CDS client JWTs are not verified (CDS_TRUSTED_ISSUERS_FILE not set)")
         return OpenAccess()
     from .jwt_auth import JwtClientAuth
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,11 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the service under gunicorn")
-    serve.add_argument("--host", default=os.environ.get("CDS_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("CDS_PORT", "8080")))
-    serve.add_argument("--workers", type=int, default=int(os.environ.get("CDS_WORKERS", str(os.cpu_count() or 1))))
-    serve.add_argument("--threads", type=int, default=int(os.environ.get("CDS_THREADS", "1")))
-    serve.add_argument("--timeout", type=int, default=30, help="worker timeout in seconds")
+    serve.add_argument("--host", help="address to listen on (default CDS_HOST, else 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default CDS_PORT, else 8080)")
+    serve.add_argument("--workers", type=int, help="worker processes (default CDS_WORKERS, else 2)")
+    serve.add_argument("--threads", type=int, help="threads per gthread worker (default CDS_THREADS, else 8)")
+    serve.add_argument("--timeout", type=int, help="worker timeout in seconds (default CDS_WORKER_TIMEOUT, else 30)")
 
     replay = sub.add_parser("replay", help="run CDS Hooks request files through the service, print the responses")
     replay.add_argument("--now", help="evaluation time (ISO 8601 date-time)")
@@ -76,73 +75,106 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .client_auth import is_loopback_host
 
-    settings = Settings.from_env()
-    log = logging.getLogger("cds_service")
+    cli_values = {"host": args.host, "port": args.port, "workers": args.workers, "threads": args.threads}
+    cli_values["worker_timeout"] = args.timeout
+    settings = Settings.from_env(**{k: v for k, v in cli_values.items() if v is not None})
+    if settings.worker_class == "gevent":
+        # Patch before requests/urllib3 and the logging locks are created in this (the master) process, so the
+        # forked workers inherit cooperative sockets, ssl and locks (gevent's advice: patch first).
+        from gevent import monkey
+
+        monkey.patch_all()
+    _configure_logging(settings.log_level)
     if settings.trusted_issuers_file is None:
-        if not is_loopback_host(args.host):
+        if not is_loopback_host(settings.host):
             print(
                 "cds-service: refusing to listen on a non-loopback address without trusted issuers "
                 "(set CDS_TRUSTED_ISSUERS_FILE); open development mode binds to loopback only",
                 file=sys.stderr,
             )
             return 2
-        banner = (
-            "OPEN DEVELOPMENT MODE: no CDS client JWT is verified (CDS_TRUSTED_ISSUERS_FILE is not set); "
-            f"listening on loopback {args.host}:{args.port} only"
-        )
-        print("!" * len(banner), file=sys.stderr)
-        print(banner, file=sys.stderr)
-        print("!" * len(banner), file=sys.stderr)
-        log.warning(banner)
+        _open_mode_banner(settings)
     from gunicorn.app.base import BaseApplication
 
     from .app import create_app
 
     # Check the configuration once in the parent, so that a bad protocol, card or issuers file fails here,
-    # loudly, rather than in every worker.
+    # loudly, rather than in every worker; and create the tables once, before the workers start.
     from .engine import Engine
+    from .store import Store
 
     Engine(settings)
-    if settings.trusted_issuers_file is not None:
-        from .jwt_auth import JwtClientAuth
-        from .store import Store
+    store = Store(settings.effective_database_url)
+    try:
+        store.create_schema()
+        if settings.trusted_issuers_file is not None:
+            from .jwt_auth import JwtClientAuth
 
-        store = Store(settings.effective_database_url)
-        try:
             JwtClientAuth.from_settings(settings, store)
-        finally:
-            store.dispose()
-        if settings.public_base_url is None:
-            warning = (
-                "CDS_PUBLIC_BASE_URL is not set: the JWT audience is checked against the Host header of each "
-                "request; set it to the URL the EHRs call"
-            )
-            print(f"cds-service: warning: {warning}", file=sys.stderr)
-            log.warning(warning)
+    finally:
+        store.dispose()
+    if settings.trusted_issuers_file is not None and settings.public_base_url is None:
+        warning = (
+            "CDS_PUBLIC_BASE_URL is not set: the JWT audience is checked against the Host header of each "
+            "request; set it to the URL the EHRs call"
+        )
+        print(f"cds-service: warning: {warning}", file=sys.stderr)
 
     class _Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
-            self.cfg.set("bind", f"{args.host}:{args.port}")
-            self.cfg.set("workers", max(1, args.workers))
-            self.cfg.set("threads", max(1, args.threads))
-            self.cfg.set("timeout", args.timeout)
-            self.cfg.set("graceful_timeout", 10)
-            # The service logs one line per hook call itself (service, hookInstance, patient id, cards, time)
-            # and audits every response; gunicorn's access log is a second line per request, so it is opt-in.
-            if os.environ.get("CDS_ACCESS_LOG", "").strip().lower() in ("1", "true", "yes", "on"):
-                self.cfg.set("accesslog", "-")
-                # Never the Authorization header or query strings: method, path, status, size, time only.
-                self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms')
-            self.cfg.set("forwarded_allow_ips", os.environ.get("CDS_FORWARDED_ALLOW_IPS", "127.0.0.1"))
+            for name, value in gunicorn_options(settings).items():
+                self.cfg.set(name, value)
             self.cfg.set("worker_exit", _flush_audit_on_exit)
             self.cfg.set("post_worker_init", _freeze_startup_heap)
 
         def load(self) -> Any:
-            return create_app(settings)
+            return create_app(settings, announce_open_mode=False)
 
-    _configure_logging(settings.log_level)
     _Server().run()
     return 0
+
+
+def gunicorn_options(settings: Settings) -> dict[str, Any]:
+    """The gunicorn configuration of `cds-service serve` (a pure function of the settings)."""
+    options: dict[str, Any] = {
+        "bind": f"{settings.host}:{settings.port}",
+        "workers": settings.workers,
+        # gevent (default): each connection is a greenlet, so clients that trickle their headers (slowloris)
+        # hold a socket, not a worker; sync and gthread workers block a process or a thread on each of them
+        # (measured: tests/test_slow_clients.py and the README's "Slow clients" section).
+        "worker_class": settings.worker_class,
+        "threads": settings.threads if settings.worker_class == "gthread" else 1,
+        "worker_connections": 1000,
+        "timeout": settings.worker_timeout,
+        "graceful_timeout": 10,
+        "keepalive": settings.keepalive_seconds,
+        # No control socket: it would be shared by two instances on one host ($HOME/.gunicorn) and fails in
+        # an image whose HOME is not writable.
+        "control_socket_disable": True,
+        "limit_request_line": 8190,
+        "limit_request_fields": 100,
+        "limit_request_field_size": 16384,
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
+    }
+    # The service logs one line per hook call itself (service, hookInstance, patient id, cards, time) and
+    # audits every response; gunicorn's access log is a second line per request, so it is opt-in.
+    if settings.access_log:
+        options["accesslog"] = "-"
+        # Never the Authorization header or query strings: method, path, status, size, time only.
+        options["access_log_format"] = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+    return options
+
+
+def _open_mode_banner(settings: Settings) -> None:
+    """Printed once, by the parent process (the workers do not repeat it)."""
+    hosts = ", ".join(("loopback", *settings.open_mode_fhir_hosts))
+    banner = (
+        "OPEN DEVELOPMENT MODE: no CDS client JWT is verified (CDS_TRUSTED_ISSUERS_FILE is not set); "
+        f"listening on loopback {settings.host}:{settings.port} only; fhirServer contacted only on: {hosts}"
+    )
+    print("!" * 80, file=sys.stderr)
+    print(banner, file=sys.stderr)
+    print("!" * 80, file=sys.stderr)
 
 
 def _freeze_startup_heap(_worker: Any) -> None:
@@ -165,10 +197,13 @@ def _flush_audit_on_exit(_server: Any, worker: Any) -> None:
 
 def _configure_logging(level: str) -> None:
     logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
+        level=getattr(logging, level),
         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
         stream=sys.stderr,
     )
+    from . import logsafe
+
+    logsafe.install()
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from flask import Request
 
@@ -25,25 +25,60 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
-def _split_fhir_url(url: str) -> tuple[str, str, int, tuple[str, ...]] | None:
-    """(scheme, host, port, path segments) of an absolute http(s) URL; None when it is not a plain one.
+def _path_segments(path: str) -> tuple[str, ...] | None:
+    """The path's segments, or None when a segment could climb or hide: `..`, `.`, `..;x` (a path parameter
+    that servers such as Tomcat strip), percent-encoded dots or slashes, backslashes, NUL or control bytes."""
+    if "\\" in path:
+        return None
+    segments = tuple(s for s in path.split("/") if s != "")
+    for segment in segments:
+        decoded = unquote(segment)
+        if any(ord(c) < 0x20 or c in "\\/" for c in decoded):
+            return None
+        if decoded.split(";", 1)[0].strip() in {".", ".."}:
+            return None
+    return segments
 
-    A URL with credentials, a query, a fragment or a dot segment is never a FHIR base URL we contact.
-    """
+
+def _split_url(url: str, *, allow_query: bool) -> tuple[str, str, int, tuple[str, ...]] | None:
+    """(scheme, host, port, path segments) of an absolute http(s) URL; None when it is not a plain one."""
+    if not isinstance(url, str) or url != url.strip() or any(c.isspace() for c in url):
+        return None
     try:
-        parts = urlsplit(url.strip())
+        parts = urlsplit(url)
         port = parts.port
     except ValueError:
         return None
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS or not parts.hostname:
         return None
-    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+    if parts.username is not None or parts.password is not None or parts.fragment:
         return None
-    segments = tuple(s for s in parts.path.split("/") if s != "")
-    if any(s.lower() in {".", "..", "%2e", "%2e%2e", ".%2e", "%2e."} or "%2f" in s.lower() for s in segments):
+    if parts.query and not allow_query:
+        return None
+    segments = _path_segments(parts.path)
+    if segments is None:
         return None
     return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme], segments
+
+
+def _split_fhir_url(url: str) -> tuple[str, str, int, tuple[str, ...]] | None:
+    """A FHIR base URL: no credentials, query, fragment or dot segment (normalised, see _path_segments)."""
+    return _split_url(url.strip() if isinstance(url, str) else url, allow_query=False)
+
+
+def url_under_base(url: str, base: str) -> bool:
+    """Whether an absolute URL (a search's `next` link, say) lies under the FHIR base URL `base`: same
+    scheme, host and port, and the base's path is a whole-segment prefix of the URL's normalised path."""
+    target = _split_url(url, allow_query=True)
+    root = _split_fhir_url(base.rstrip("/"))
+    return target is not None and root is not None and target[:3] == root[:3] and target[3][: len(root[3])] == root[3]
+
+
+def open_mode_host_allowed(url: str, extra_hosts: Iterable[str]) -> bool:
+    """Open development mode: a fhirServer on loopback, or on a host listed in CDS_OPEN_MODE_FHIR_HOSTS."""
+    parts = _split_fhir_url(url)
+    return parts is not None and (is_loopback_host(parts[1]) or parts[1] in {h.lower() for h in extra_hosts})
 
 
 def fhir_server_allowed(url: str, allowed: Iterable[str]) -> bool:

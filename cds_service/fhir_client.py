@@ -19,6 +19,9 @@ from urllib.parse import urljoin, urlsplit
 import orjson
 import requests
 
+from .client_auth import url_under_base
+from .hook_request import HARD_DEPTH_LIMIT, nests_too_deep, prune_deep
+
 log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
@@ -74,16 +77,21 @@ class FhirClient:
             headers["Authorization"] = f"Bearer {self._token}"
         return headers
 
-    def same_origin(self, url: str) -> bool:
-        """Whether `url` (relative to the base, or absolute) is on the FHIR server's own origin."""
-        return _origin(urljoin(self.base_url, url)) == self._origin
+    def under_base(self, url: str) -> bool:
+        """Whether `url` (relative to the base, or absolute) lies under the FHIR server's base URL: same origin
+        and, after normalising the path (no `..`, `..;`, encoded dots or slashes), under the base path."""
+        return url_under_base(urljoin(self.base_url, url.strip()), self.base_url)
+
+    # Callers written before the base-path check; the same check (the origin alone is not enough).
+    same_origin = under_base
 
     def get_json(self, url: str, deadline: float) -> dict[str, Any]:
-        """GET one URL (relative to the base, or an absolute URL on the same origin) as a JSON object."""
-        absolute = urljoin(self.base_url, url)
-        if _origin(absolute) != self._origin:
-            # A next link (or a template) pointing elsewhere would carry the token off the EHR's server.
-            raise FhirUnavailable("the FHIR server returned a link to another server; not followed")
+        """GET one URL (relative to the base, or an absolute URL under it) as a JSON object."""
+        absolute = urljoin(self.base_url, url.strip())
+        if not url_under_base(absolute, self.base_url):
+            # A next link (or a template) pointing elsewhere, even on the same host, would carry the EHR's
+            # token to something that is not its FHIR server.
+            raise FhirUnavailable("the FHIR server returned a link to another server or outside its base; not followed")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise FhirUnavailable("the FHIR server did not answer in time")
@@ -123,6 +131,10 @@ class FhirClient:
             raise FhirUnavailable("the FHIR server answered with a body that is not JSON") from exc
         if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
             raise FhirUnavailable("the FHIR server answered with JSON that is not a FHIR resource")
+        if nests_too_deep(data):
+            # Read like a malformed element (a data-quality card), never walked beyond the limit.
+            log.warning("FHIR answer nests deeper than %d levels; the deeper parts were not read", HARD_DEPTH_LIMIT)
+            prune_deep(data, HARD_DEPTH_LIMIT)
         if data["resourceType"] == "OperationOutcome":
             raise FhirUnavailable("the FHIR server answered with an OperationOutcome")
         return data
@@ -139,8 +151,8 @@ class FhirClient:
             if result.pages >= cap:
                 result.truncated = True
                 break
-            if result.pages > 0 and not self.same_origin(url):
-                log.warning("FHIR search: a next link points to another server; not followed")
+            if result.pages > 0 and not self.under_base(url):
+                log.warning("FHIR search: a next link points outside the FHIR base URL; not followed")
                 result.foreign_next = True
                 break
             bundle = self.get_json(url, deadline)

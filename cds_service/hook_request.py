@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
+
 from .errors import ServiceError, bad_request
+from .models import validate_hook_request
 from .services import REQUIRED_CONTEXT, ServiceDef
 from .settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,9 +60,12 @@ def _require_string(container: dict[str, Any], key: str, path: str) -> str:
 
 
 def parse_hook_request(body: Any, service: ServiceDef, settings: Settings) -> HookRequest:
-    """Check a parsed request body against CDS Hooks 2.0 and the hook's context; 400 on any violation."""
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object", "$")
+    """Check a parsed request body against CDS Hooks 2.0 and the hook's context; 400 on any violation.
+
+    The structure is checked by the hook's request model (`models`, which also writes the OpenAPI schema);
+    the checks below add what needs the settings and pick the values out.
+    """
+    validate_hook_request(body, service.hook)
     hook = _require_string(body, "hook", "hook")
     hook_instance = _require_string(body, "hookInstance", "hookInstance")
     if hook != service.hook:
@@ -161,6 +170,53 @@ def _draft_entries(draft_orders: Any) -> tuple[dict[str, Any], ...]:
     return tuple(resources)
 
 
+# Nothing the service reads may nest deeper than this, anywhere (resources included): every recursive walk of
+# request data (validation, repr in a message, the rules' readers) then stays far inside Python's recursion limit.
+HARD_DEPTH_LIMIT = 254
+# What a part nested beyond the limit is replaced with: a string where an object or array was, which the
+# readers treat as any malformed value (a data-quality card, or a 400 naming the element of a draft).
+PRUNED = "[nested deeper than 254 levels: not read]"
+
+
+def _raise_for_hard_depth(body: Any) -> None:
+    """Cut what nests beyond HARD_DEPTH_LIMIT levels (rare, hostile: checked in C first, ~1 ms for 2 MB).
+
+    The request is not refused for it: a prefetched resource with a 1000-deep birthDate yields a data-quality
+    card and a tarlatamab draft still gets its cards, as for any other malformed value; the request's own
+    structure is still held to `CDS_MAX_JSON_DEPTH` (400) after this.
+    """
+    if nests_too_deep(body):
+        prune_deep(body, HARD_DEPTH_LIMIT)
+        log.warning("the request nests deeper than %d levels; the deeper parts were not read", HARD_DEPTH_LIMIT)
+
+
+def prune_deep(value: Any, limit: int = HARD_DEPTH_LIMIT) -> Any:
+    """Replace, in place, every object or array deeper than `limit` levels with PRUNED (iterative, no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while stack:
+        node, depth = stack.pop()
+        keys = list(node) if isinstance(node, dict) else range(len(node))
+        for key in keys:
+            child = node[key]
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    node[key] = PRUNED
+                else:
+                    stack.append((child, depth + 1))
+    return value
+
+
+def nests_too_deep(value: Any) -> bool:
+    """Whether parsed JSON nests beyond HARD_DEPTH_LIMIT levels (checked in C by orjson's encoder)."""
+    if not isinstance(value, (dict, list)):
+        return False
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        return "recursion" in str(exc).lower()
+    return False
+
+
 def raise_for_depth(body: Any, settings: Settings) -> None:
     """400 when the request's own structure (outside the FHIR resources it carries) nests beyond the limit.
 
@@ -169,6 +225,7 @@ def raise_for_depth(body: Any, settings: Settings) -> None:
     service recurses into is depth-checked before it is validated (`fhir_validation`); the others are only
     read with flat dict look-ups.
     """
+    _raise_for_hard_depth(body)
     limit = settings.max_json_depth
     if not isinstance(body, dict):
         return

@@ -17,8 +17,9 @@ the reason is logged with the issuer and jti, never with the token):
 2. the issuer is looked up from the unverified `iss` claim; only configured issuers get any further;
 3. the key is chosen by `kid` from the issuer's inline JWKS, or from its `jwks_url` (fetched with a timeout,
    cached, fetched again at most once per interval on an unknown kid); the signature is checked by PyJWT;
-4. `aud` (string or array) must name the URL being called, `exp`/`iat`/`jti` are required, `iat` must not be
-   in the future, the lifetime must not exceed the maximum, `nbf` is honoured;
+4. the time claims must be finite numbers (no NaN/Infinity); then PyJWT verifies `iss`, `aud` (exactly the URL
+   being called, a trailing slash aside), `exp`, `iat` (not in the future), `nbf` with the leeway and the
+   required claims; the service adds the maximum lifetime and the `jti` shape;
 5. the `jti` is recorded in the shared store until the token expires: a second use is a replay (401); a
    store that cannot be reached answers 503.
 """
@@ -26,6 +27,7 @@ the reason is logged with the issuer and jti, never with the token):
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -325,9 +327,11 @@ class JwtClientAuth:
             issuer = self._issuer(claims)
             alg = self._check_header(header, issuer)
             key = self._key(header, issuer, alg)
-            verified = self._verify_signature(token, key, alg)
+            _check_numeric_claims(claims)
+            expected = issuer.audiences if issuer.audiences is not None else tuple(audiences)
+            verified = self._decode(token, key, alg, issuer, expected)
             iss, jti = verified.get("iss"), verified.get("jti")
-            expires_at = self._check_claims(verified, issuer, audiences)
+            expires_at = self._check_claims(verified)
         except Rejected as exc:
             self._reject(str(exc), iss, jti, request)
         try:
@@ -433,63 +437,99 @@ class JwtClientAuth:
             return key
         raise Rejected("no key with this kid fits alg")
 
-    @staticmethod
-    def _verify_signature(token: str, key: jwt.PyJWK, alg: str) -> dict[str, Any]:
+    def _decode(
+        self, token: str, key: jwt.PyJWK, alg: str, issuer: TrustedIssuer, audiences: Iterable[str]
+    ) -> dict[str, Any]:
+        """PyJWT's verification: the signature, `iss`, exact `aud`, `exp`, `iat`, `nbf` (with leeway), required
+        claims. `aud` must equal one of the audiences character for character (a trailing slash aside): no
+        case folding, no default-port or userinfo tricks, no fragment, no surrounding spaces."""
         try:
             claims = jwt.decode(
                 token,
                 key=key,
                 algorithms=[alg],
+                audience=_audience_variants(audiences),
+                issuer=issuer.iss,
+                leeway=self.leeway,
                 options={
+                    "require": ["iss", "aud", "exp", "iat", "jti"],
                     "verify_signature": True,
-                    "verify_exp": False,
-                    "verify_nbf": False,
-                    "verify_iat": False,
-                    "verify_aud": False,
-                    "verify_iss": False,
+                    "verify_exp": True,
+                    "verify_nbf": True,
+                    "verify_iat": True,
+                    "verify_aud": True,
+                    "verify_iss": True,
                 },
             )
-        except jwt.InvalidSignatureError:
-            raise Rejected("bad signature") from None
         except jwt.PyJWTError as exc:
-            raise Rejected(f"signature not verifiable ({type(exc).__name__})") from None
-        except Exception as exc:
-            raise Rejected(f"signature not verifiable ({type(exc).__name__})") from None
+            raise Rejected(_reason(exc)) from None
+        except Exception as exc:  # hostile input must end in a 401, whatever the library throws
+            raise Rejected(f"not verifiable ({type(exc).__name__})") from None
         if not isinstance(claims, dict):
             raise Rejected("claims are not an object")
         return claims
 
-    def _check_claims(self, claims: dict[str, Any], issuer: TrustedIssuer, audiences: list[str]) -> float:
-        if claims.get("iss") != issuer.iss:
-            raise Rejected("iss changed")  # cannot happen: the same claims were read before verification
-        aud = claims.get("aud")
-        if aud is None:
-            raise Rejected("aud missing")
-        token_auds = [aud] if isinstance(aud, str) else aud
-        if not isinstance(token_auds, list) or not token_auds or not all(isinstance(a, str) for a in token_auds):
-            raise Rejected("aud is not a string or an array of strings")
-        expected = issuer.audiences if issuer.audiences is not None else audiences
-        wanted = {_normalise_url(a) for a in expected}
-        if not any(_normalise_url(a) in wanted for a in token_auds):
-            raise Rejected("aud mismatch")
-        now = self.clock()
+    def _check_claims(self, claims: dict[str, Any]) -> float:
+        """What PyJWT does not check: the maximum lifetime, exp after iat, the jti's shape. Returns the expiry."""
         exp = _number(claims, "exp")
         iat = _number(claims, "iat")
-        if exp + self.leeway < now:
-            raise Rejected("expired")
-        if iat > now + self.leeway:
-            raise Rejected("iat in the future")
         if exp < iat:
             raise Rejected("exp before iat")
         if exp - iat > self.max_lifetime:
             raise Rejected(f"lifetime {exp - iat:.0f} s above the maximum {self.max_lifetime} s")
-        if "nbf" in claims:
-            nbf = _number(claims, "nbf")
-            if nbf > now + self.leeway:
-                raise Rejected("not yet valid (nbf)")
         jti = claims.get("jti")
         if not isinstance(jti, str) or not jti:
             raise Rejected("jti missing")
         if len(jti) > MAX_JTI_CHARS:
             raise Rejected("jti too long")
         return exp + self.leeway
+
+
+# Time claims beyond this (year ~5138) are not times: refused before any arithmetic.
+_MAX_TIME_CLAIM = 1e11
+
+
+def _check_numeric_claims(claims: dict[str, Any]) -> None:
+    """`exp`, `iat`, `nbf` when present must be finite JSON numbers (not NaN, Infinity, strings or booleans).
+
+    Python's JSON reader accepts NaN and Infinity; a NaN compares false with everything and would pass any
+    comparison, so they are refused here, before PyJWT's checks and the lifetime check.
+    """
+    for name in ("exp", "iat", "nbf"):
+        if name in claims:
+            value = claims[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise Rejected(f"{name} is not a number")
+            if not math.isfinite(value) or abs(value) > _MAX_TIME_CLAIM:
+                raise Rejected(f"{name} is not a finite time")
+
+
+def _audience_variants(audiences: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for audience in audiences:
+        base = audience.rstrip("/")
+        out.extend((base, base + "/"))
+    return out
+
+
+def _reason(exc: jwt.PyJWTError) -> str:
+    """The log reason for a PyJWT rejection (never the token)."""
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"{exc.claim} missing"
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return "bad signature"
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return "expired"
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return "not yet valid (nbf)" if "nbf" in str(exc) else "iat in the future"
+    if isinstance(exc, jwt.InvalidAudienceError):
+        return "aud is not a string or an array of strings" if "format" in str(exc) else "aud mismatch"
+    if isinstance(exc, jwt.InvalidIssuerError):
+        return "iss mismatch"
+    if isinstance(exc, jwt.InvalidIssuedAtError):
+        return "iat is not a number"
+    text = str(exc)
+    for claim in ("exp", "nbf", "iat"):
+        if f"({claim})" in text:
+            return f"{claim} is not a number"
+    return f"signature not verifiable ({type(exc).__name__})"

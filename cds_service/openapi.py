@@ -2,8 +2,9 @@
 
 Derived from the CDS Hooks 2.0 shapes (discovery, the service calls of our three services, feedback) with
 the status codes this service answers: 200, 400, 401, 403, 404, 405, 412, 413, 415 and 503. Request schemas
-are open (unknown members are allowed, as CDS Hooks requires); response schemas state what the service
-promises (cards, OperationOutcome errors).
+come from the pydantic models that validate the requests (`models.py`), so they cannot drift; they are open
+(unknown members are allowed, as CDS Hooks requires). Response schemas state what the service promises (cards,
+OperationOutcome errors).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .services import REQUIRED_CONTEXT, SERVICES
+from .models import REQUEST_MODELS, request_schemas
+from .services import SERVICES
 
 _ERROR = {"$ref": "#/components/schemas/OperationOutcome"}
 
@@ -167,84 +169,12 @@ _SCHEMAS: dict[str, Any] = {
             },
         },
     },
-    "FhirAuthorization": {
-        "type": "object",
-        "required": ["access_token", "token_type", "expires_in", "scope", "subject"],
-        "properties": {
-            "access_token": {"type": "string", "minLength": 1},
-            "token_type": {"const": "Bearer"},
-            "expires_in": {"type": "integer"},
-            "scope": {"type": "string", "minLength": 1},
-            "subject": {"type": "string", "minLength": 1},
-            "patient": {"type": "string", "minLength": 1},
-        },
-    },
-    "Feedback": {
-        "type": "object",
-        "required": ["card", "outcome", "outcomeTimestamp"],
-        "properties": {
-            "card": {"type": "string", "minLength": 1},
-            "outcome": {"enum": ["accepted", "overridden"]},
-            "acceptedSuggestions": {
-                "type": "array",
-                "minItems": 1,
-                "items": {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}},
-            },
-            "overrideReason": {
-                "type": "object",
-                "properties": {
-                    "reason": {"$ref": "#/components/schemas/Coding"},
-                    "userComment": {"type": "string"},
-                },
-            },
-            "outcomeTimestamp": {"type": "string", "format": "date-time"},
-        },
-    },
-    "FeedbackRequest": {
-        "type": "object",
-        "required": ["feedback"],
-        "properties": {
-            "feedback": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Feedback"}}
-        },
-    },
 }
-
-_CONTEXT_FIELDS: dict[str, Any] = {
-    "userId": {"type": "string", "minLength": 1},
-    "patientId": {"type": "string", "minLength": 1},
-    "encounterId": {"type": "string", "minLength": 1},
-    "selections": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
-    "draftOrders": {"$ref": "#/components/schemas/Bundle"},
-}
-
-
-def _request_schema(hook: str) -> dict[str, Any]:
-    required = REQUIRED_CONTEXT[hook]
-    fields = ["userId", "patientId", "encounterId", *(f for f in ("selections", "draftOrders") if f in required)]
-    return {
-        "type": "object",
-        "required": ["hook", "hookInstance", "context"],
-        "properties": {
-            "hook": {"const": hook},
-            "hookInstance": {"type": "string", "minLength": 1},
-            "fhirServer": {"type": "string", "format": "uri"},
-            "fhirAuthorization": {"$ref": "#/components/schemas/FhirAuthorization"},
-            "context": {
-                "type": "object",
-                "required": list(required),
-                "properties": {name: _CONTEXT_FIELDS[name] for name in fields},
-            },
-            "prefetch": {
-                "type": "object",
-                "additionalProperties": {"anyOf": [{"$ref": "#/components/schemas/Resource"}, {"type": "null"}]},
-            },
-            "extension": {"type": "object"},
-        },
-    }
-
 
 def openapi_document(server_url: str | None = None) -> dict[str, Any]:
     schemas = copy.deepcopy(_SCHEMAS)
+    # Request bodies: from the models that validate them (cds_service.models), so the two cannot drift.
+    schemas.update(request_schemas())
     paths: dict[str, Any] = {
         "/cds-services": {
             "get": {
@@ -285,8 +215,7 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
     }
     service_ids = [s.id for s in SERVICES]
     for service in SERVICES:
-        name = f"{service.hook.title().replace('-', '')}Request"
-        schemas[name] = _request_schema(service.hook)
+        name = REQUEST_MODELS[service.hook].__name__
         paths[f"/cds-services/{service.id}"] = {
             "post": {
                 "operationId": f"call-{service.id}",

@@ -20,6 +20,11 @@ from cds_service.cards import CardRenderer
 from cds_service.protocol import Protocol, load_protocol
 from cds_service.settings import REPO_ROOT, Settings
 
+# Settings() reads CDS_* variables: the tests start from the defaults, whatever the shell has set
+# (CDS_TEST_DATABASE_URL is the tests' own).
+for _name in [n for n in os.environ if n.upper().startswith("CDS_") and n.upper() != "CDS_TEST_DATABASE_URL"]:
+    del os.environ[_name]
+
 # The evaluation time of the tests: Saturday 2026-11-21 09:00 UTC.
 NOW = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
 FIXTURES = REPO_ROOT / "fixtures"
@@ -67,8 +72,48 @@ def client(app: Any) -> Iterator[Any]:
         yield c
 
 
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+_probe: dict[str, str | None] = {}
+
+
+def _local_postgres() -> str | None:
+    """The machine's local PostgreSQL when it answers within 2 s (probed once per test session)."""
+    if "url" not in _probe:
+        try:
+            import psycopg
+
+            with psycopg.connect(LOCAL_POSTGRES, connect_timeout=2):
+                pass
+            _probe["url"] = LOCAL_POSTGRES
+        except Exception as exc:  # not installed, refused, no such database: the PostgreSQL tests skip
+            _probe["url"] = None
+            _probe["why"] = f"{type(exc).__name__}"
+    return _probe["url"]
+
+
 def postgres_url() -> str | None:
-    return os.environ.get("CDS_TEST_DATABASE_URL") or None
+    """CDS_TEST_DATABASE_URL, else the local server when it answers, else None (PostgreSQL tests skip)."""
+    return os.environ.get("CDS_TEST_DATABASE_URL") or _local_postgres()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    url = postgres_url()
+    if url is None:
+        return (
+            f"PostgreSQL tests: SKIPPED (CDS_TEST_DATABASE_URL is not set and {LOCAL_POSTGRES} does not answer: "
+            f"{_probe.get('why')})"
+        )
+    return f"PostgreSQL tests: on {url.rsplit('@', 1)[-1]}"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if postgres_url() is None:
+        terminalreporter.write_line(
+            "NOTE: the PostgreSQL store tests were skipped: set CDS_TEST_DATABASE_URL or start PostgreSQL on "
+            "127.0.0.1:5432 (database test)",
+            yellow=True,
+            bold=True,
+        )
 
 
 @pytest.fixture(autouse=True)

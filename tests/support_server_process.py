@@ -53,7 +53,12 @@ class ServerProcess:
 
 
 def start_server(
-    data_dir: Path, log_path: Path, extra_env: dict[str, str] | None = None, timeout: float = 60.0
+    data_dir: Path,
+    log_path: Path,
+    extra_env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+    workers: int = 1,
+    argv: list[str] | None = None,
 ) -> ServerProcess:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
@@ -71,8 +76,10 @@ def start_server(
             "--port",
             str(port),
             "--workers",
-            "1",
-        ],
+            str(workers),
+        ]
+        if argv is None
+        else [*argv, "--port", str(port)],
         cwd=REPO_ROOT,
         env=env,
         stdin=subprocess.DEVNULL,

@@ -14,7 +14,8 @@ def test_healthz_names_the_protocol_and_starts_with_clean_audit_counters(client:
         "status": "ok",
         "protocol": protocol.id,
         "protocolVersion": protocol.version,
-        "audit": {"failedWrites": 0, "droppedEntries": 0},
+        "store": "ok",
+        "audit": {"failedWrites": 0, "droppedEntries": 0, "recoveredEntries": 0, "lostEntries": 0},
     }
 
 

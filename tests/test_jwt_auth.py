@@ -379,7 +379,7 @@ def test_replay_across_instances_sharing_sqlite(
 
 
 @pytest.mark.postgres
-@pytest.mark.skipif(postgres_url() is None, reason="CDS_TEST_DATABASE_URL is not set")
+@pytest.mark.skipif(postgres_url() is None, reason="no PostgreSQL: CDS_TEST_DATABASE_URL is not set and the local server does not answer")
 def test_replay_across_instances_sharing_postgres(
     make_app: Callable[..., Any], issuers_file: Path, es_key: SigningKey
 ) -> None:

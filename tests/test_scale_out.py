@@ -37,7 +37,7 @@ def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'shared' / 'cds-service.sqlite3'}"
     url = postgres_url()
     if url is None:
-        pytest.skip("CDS_TEST_DATABASE_URL is not set")
+        pytest.skip("no PostgreSQL: CDS_TEST_DATABASE_URL is not set and the local server does not answer")
     return url
 
 

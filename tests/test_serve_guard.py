@@ -28,6 +28,8 @@ def started(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
 
     monkeypatch.setattr(BaseApplication, "run", fake_run)
     monkeypatch.setenv("CDS_DATA_DIR", str(tmp_path))
+    # In-process: the sync worker class, so that serve does not gevent-patch the test runner.
+    monkeypatch.setenv("CDS_WORKER_CLASS", "sync")
     for name in ("CDS_TRUSTED_ISSUERS_FILE", "CDS_HOST", "CDS_PUBLIC_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
     return binds

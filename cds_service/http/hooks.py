@@ -10,10 +10,12 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 
+from ..client_auth import FhirServerAllowList, open_mode_host_allowed
 from ..engine import Engine
 from ..errors import ServiceError, bad_request
-from ..store import FEEDBACK_LIMITS, AuditEntry, AuditWriter, FeedbackItem, Store, StoreUnavailable
-from .common import json_response, read_json_body
+from ..models import FeedbackRequest, validate
+from ..store import AuditEntry, AuditWriter, FeedbackItem, Store, StoreUnavailable
+from .common import json_response, read_json_body, settings
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +34,12 @@ def call_service(service_id: str) -> Response:
     engine = _engine()
     engine.service(service_id)  # 404 before anything else
     client = getattr(g, "cds_client", None)
-    allowed = client.fhir_servers if client is not None else None
     issuer = client.issuer if client is not None else None
     started = time.perf_counter()
     body: Any = None
     try:
         body = read_json_body(request)
+        allowed = client.fhir_servers if client is not None else _open_mode_allowed(body)
         outcome = engine.handle(service_id, body, allowed_fhir_servers=allowed, base_url=request.host_url)
     except ServiceError as error:
         _audit_error(service_id, body, error.status, (time.perf_counter() - started) * 1000, issuer)
@@ -79,6 +81,15 @@ def call_service(service_id: str) -> Response:
             )
         )
     return json_response(outcome.body)
+
+
+def _open_mode_allowed(body: Any) -> FhirServerAllowList:
+    """Open development mode (no client JWT): fhirServer is contacted only on loopback or a listed host
+    (CDS_OPEN_MODE_FHIR_HOSTS), never on any address a caller names."""
+    fhir_server = body.get("fhirServer") if isinstance(body, dict) else None
+    if isinstance(fhir_server, str) and open_mode_host_allowed(fhir_server.strip(), settings().open_mode_fhir_hosts):
+        return FhirServerAllowList([fhir_server.strip().rstrip("/")])
+    return FhirServerAllowList()
 
 
 def _suggestion_records(card: dict[str, Any]) -> list[dict[str, str]]:
@@ -145,97 +156,26 @@ def feedback(service_id: str) -> Response:
 
 
 def parse_feedback(body: Any) -> list[FeedbackItem]:
+    """The feedback items of a body checked by the FeedbackRequest model (400 naming the first problem)."""
     if not isinstance(body, dict):
         raise bad_request("The feedback body must be a JSON object", "$")
-    raw_items = body.get("feedback")
-    if raw_items is None:
-        raise bad_request("Missing required field feedback", "feedback", code="required")
-    if not isinstance(raw_items, list) or not raw_items:
-        raise bad_request("feedback must be a non-empty array", "feedback")
+    request = validate(FeedbackRequest, body)
     items = []
-    for i, item in enumerate(raw_items):
-        path = f"feedback[{i}]"
-        if not isinstance(item, dict):
-            raise bad_request(f"{path} must be an object", path)
-        card = item.get("card")
-        if card is None:
-            raise bad_request(f"{path}.card is required", f"{path}.card", code="required")
-        if not isinstance(card, str) or not card.strip():
-            raise bad_request(f"{path}.card must be the uuid of a card", f"{path}.card")
-        _check_length(card, FEEDBACK_LIMITS["card"], f"{path}.card")
-        outcome = item.get("outcome")
-        if outcome is None:
-            raise bad_request(f"{path}.outcome is required", f"{path}.outcome", code="required")
-        if outcome not in ("accepted", "overridden"):
-            raise bad_request(f"{path}.outcome must be accepted or overridden", f"{path}.outcome")
-        stamp = _utc_timestamp(item.get("outcomeTimestamp"), f"{path}.outcomeTimestamp")
-        accepted: list[str] = []
-        raw_accepted = item.get("acceptedSuggestions")
-        if outcome == "accepted" and (not isinstance(raw_accepted, list) or not raw_accepted):
-            raise bad_request(
-                f"{path}.acceptedSuggestions is required for accepted outcomes",
-                f"{path}.acceptedSuggestions",
-                code="required",
-            )
-        if raw_accepted is not None:
-            if not isinstance(raw_accepted, list):
-                raise bad_request(f"{path}.acceptedSuggestions must be an array", f"{path}.acceptedSuggestions")
-            for j, suggestion in enumerate(raw_accepted):
-                if (
-                    not isinstance(suggestion, dict)
-                    or not isinstance(suggestion.get("id"), str)
-                    or not suggestion["id"]
-                ):
-                    raise bad_request(
-                        f"{path}.acceptedSuggestions[{j}] must be an object with an id",
-                        f"{path}.acceptedSuggestions[{j}].id",
-                    )
-                accepted.append(suggestion["id"])
-        reason_system = reason_code = reason_display = comment = None
-        override = item.get("overrideReason")
-        if override is not None:
-            if not isinstance(override, dict):
-                raise bad_request(f"{path}.overrideReason must be an object", f"{path}.overrideReason")
-            reason = override.get("reason")
-            if reason is not None:
-                if not isinstance(reason, dict) or not isinstance(reason.get("code"), str):
-                    raise bad_request(
-                        f"{path}.overrideReason.reason must be a Coding with a code", f"{path}.overrideReason.reason"
-                    )
-                for key in ("system", "display"):
-                    if key in reason and not isinstance(reason[key], str):
-                        raise bad_request(
-                            f"{path}.overrideReason.reason.{key} must be a string",
-                            f"{path}.overrideReason.reason.{key}",
-                        )
-                for key in ("system", "code", "display"):
-                    if isinstance(reason.get(key), str):
-                        limit = FEEDBACK_LIMITS[f"reason.{key}"]
-                        _check_length(reason[key], limit, f"{path}.overrideReason.reason.{key}")
-                reason_system, reason_code, reason_display = reason.get("system"), reason["code"], reason.get("display")
-            comment = override.get("userComment")
-            if comment is not None and not isinstance(comment, str):
-                raise bad_request(
-                    f"{path}.overrideReason.userComment must be a string", f"{path}.overrideReason.userComment"
-                )
+    for i, item in enumerate(request.feedback):
+        reason = item.overrideReason.reason if item.overrideReason is not None else None
         items.append(
             FeedbackItem(
-                card_uuid=card,
-                outcome=outcome,
-                outcome_timestamp=stamp,
-                accepted_suggestions=tuple(accepted),
-                override_reason_system=reason_system,
-                override_reason_code=reason_code,
-                override_reason_display=reason_display,
-                user_comment=comment,
+                card_uuid=item.card,
+                outcome=item.outcome,
+                outcome_timestamp=_utc_timestamp(item.outcomeTimestamp, f"feedback[{i}].outcomeTimestamp"),
+                accepted_suggestions=tuple(s.id for s in item.acceptedSuggestions or ()),
+                override_reason_system=reason.system if reason is not None else None,
+                override_reason_code=reason.code if reason is not None else None,
+                override_reason_display=reason.display if reason is not None else None,
+                user_comment=item.overrideReason.userComment if item.overrideReason is not None else None,
             )
         )
     return items
-
-
-def _check_length(value: str, limit: int, path: str) -> None:
-    if len(value) > limit:
-        raise bad_request(f"{path} is longer than {limit} characters", path, code="too-long")
 
 
 def _utc_timestamp(value: Any, path: str) -> str:
