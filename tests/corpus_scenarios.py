@@ -23,11 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fhir_builders import (
     LOINC,
+    SNOMED,
     breastfeeding,
     condition,
     crs_condition,
     dexamethasone_order,
     grade_observation,
+    hcg_quantitative,
     hcg_urine,
     hook_request,
     icans_condition,
@@ -146,15 +148,18 @@ def step_up_day(
     platinum: bool = True,
     dexamethasone_mg: float = 8,
     saline_ml: float = 1000,
+    companions: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """C1D1 (no tarlatamab given yet) with premedication and hydration ordered in the same request."""
+    """C1D1 (no tarlatamab given yet) with premedication and hydration ordered in the same request
+    (`companions` replaces the default dexamethasone and saline drafts)."""
     diagnoses, platinum_history = indication()
-    return hook_request(
-        drafts=[
-            contained_medication(tarlatamab_order(PLANNED, dose, oid=f"tarla-order-{n}")),
+    if companions is None:
+        companions = [
             dexamethasone_order("2026-11-21T09:00:00Z", dexamethasone_mg, oid=f"dexa-order-{n}"),
             saline_order("2026-11-21T11:00:00Z", saline_ml, oid=f"nacl-order-{n}"),
-        ],
+        ]
+    return hook_request(
+        drafts=[contained_medication(tarlatamab_order(PLANNED, dose, oid=f"tarla-order-{n}")), *companions],
         patient_resource=patient_resource,
         administrations=platinum_history if platinum else [],
         observations=panel(f"lab{n}") if observations is None else observations,
@@ -339,6 +344,70 @@ def organ_function_hepatic() -> dict[str, Any]:
     return maintenance(29, observations=panel("lab29", bilirubin=2.4))
 
 
+# --- reading real-world records (section 12) and the clarifications of section 13 ---------------------------
+def platelets_lower_limit() -> dict[str, Any]:
+    # EDTA-induced platelet clumping: the analyser reports a minimum (">40 x10^3/uL") and asks for a citrate
+    # sample. Whether the count is below the 50 x10^3/uL threshold cannot be told: reported, never passed.
+    observations = panel("lab31")
+    platelets = next(o for o in observations if o["id"] == "lab31-platelets")
+    platelets["valueQuantity"].update({"value": 40, "comparator": ">"})
+    platelets["note"] = [{"text": "Platelet clumps seen on smear; count is a minimum. Recollect in sodium citrate."}]
+    return maintenance(31, observations=observations)
+
+
+def product_mismatch() -> dict[str, Any]:
+    # C2D1 10 mg written on the 1 mg kit (11-digit NDC 55513-0059-01): the product does not match the dose.
+    order = tarlatamab_order(PLANNED, 10, oid="tarla-order-32")
+    order["medicationCodeableConcept"] = tarlatamab_order(PLANNED, 1)["medicationCodeableConcept"]
+    return maintenance(32, order=ndc11(order))
+
+
+def duplicate_order() -> dict[str, Any]:
+    # The C2D1 order set placed twice for the same day: the second draft (contained Medication, local time -05:00)
+    # is a duplicate dose.
+    again = contained_medication(tarlatamab_order("2026-11-21T08:30:00-05:00", 10, oid="tarla-order-33-dup"))
+    again["authoredOn"] = "2026-11-20T16:40:00-05:00"
+    return maintenance(33, drafts=[again])
+
+
+def dexamethasone_oral() -> dict[str, Any]:
+    # C1D1 premedication ordered as two 4 mg tablets by mouth: the dose is right, the route is not IV.
+    dexa = dexamethasone_order("2026-11-21T09:00:00Z", 8, oid="dexa-order-34")
+    dexa["medicationCodeableConcept"]["text"] = "dexamethasone 4 mg oral tablet"
+    dosage = dexa["dosageInstruction"][0]
+    dosage["text"] = "dexamethasone 8 mg (2 x 4 mg tablets) by mouth once, 60 minutes before tarlatamab"
+    dosage["route"] = {"coding": [{"system": SNOMED, "code": "26643006", "display": "Oral route"}]}
+    return step_up_day(34, companions=[dexa, saline_order("2026-11-21T11:00:00Z", oid="nacl-order-34")])
+
+
+def saline_subcutaneous() -> dict[str, Any]:
+    # C1D1 hydration ordered as hypodermoclysis: 1000 mL of 0.9% sodium chloride, but not intravenous.
+    nacl = saline_order("2026-11-21T11:00:00Z", oid="nacl-order-35")
+    dosage = nacl["dosageInstruction"][0]
+    dosage["text"] = "sodium chloride 0.9% 1000 mL subcutaneous infusion (hypodermoclysis) over 4-5 hours"
+    dosage["route"] = {"coding": [{"system": SNOMED, "code": "34206005", "display": "Subcutaneous route"}]}
+    return step_up_day(35, companions=[dexamethasone_order("2026-11-21T09:00:00Z", oid="dexa-order-35"), nacl])
+
+
+def saline_half_normal() -> dict[str, Any]:
+    # C1D1 hydration picked as half-normal saline (0.45%) from the fluid list: 1000 mL IV, wrong strength.
+    nacl = saline_order("2026-11-21T11:00:00Z", oid="nacl-order-36")
+    nacl["medicationCodeableConcept"]["text"] = "sodium chloride 0.45% injection 1000 mL bag"
+    nacl["dosageInstruction"][0]["text"] = "sodium chloride 0.45% 1000 mL IV over 4-5 hours after tarlatamab"
+    return step_up_day(36, companions=[dexamethasone_order("2026-11-21T09:00:00Z", oid="dexa-order-36"), nacl])
+
+
+def pregnancy_reconcile() -> dict[str, Any]:
+    # A pregnancy from 2025 still active on the problem list; a serum beta-hCG "<2 mIU/mL" the day before C1D1.
+    diagnoses, _ = indication()
+    old_pregnancy = condition(SNOMED, "77386006", "Pregnancy", "2025-02-10", cid="cond-pregnancy-2025")
+    hcg = hcg_quantitative(2, "2026-11-20T08:05:00-05:00")
+    hcg["id"] = "hcg-37"
+    hcg["valueQuantity"]["comparator"] = "<"
+    return step_up_day(37, patient_resource=patient(gender="female", birth_date="1992-05-08", name="Lindgren"),
+                       observations=[*panel("lab37"), hcg], conditions=[*diagnoses, old_pregnancy])  # fmt: skip
+
+
 SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
     "administration-rate-conflict": rate_conflict,
     "crs-grade3-recurrent": crs_grade3_recurrent,
@@ -370,6 +439,13 @@ SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
     "pregnancy-contraception-c1d1": contraception_c1d1,
     "pregnancy-status-unknown": pregnancy_status_unknown,
     "schedule-too-early": too_early,
+    "data-quality-platelets-lower-limit": platelets_lower_limit,
+    "dose-product-mismatch-1mg-kit": product_mismatch,
+    "schedule-duplicate-order": duplicate_order,
+    "premedication-dexamethasone-oral": dexamethasone_oral,
+    "hydration-saline-subcutaneous": saline_subcutaneous,
+    "hydration-saline-half-normal": saline_half_normal,
+    "pregnancy-reconcile-old-condition": pregnancy_reconcile,
 }
 
 
