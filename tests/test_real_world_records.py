@@ -202,8 +202,9 @@ def test_12_comparators_used_when_the_bound_decides_else_reported(engine: Engine
     assert not rule_cards(undecided, "lab-hold.anc")
     (limit,) = rule_cards(undecided, "data-quality.lab-limit")
     # Plain text with a clinical unit, never the raw UCUM code; the detail escapes the comparator for Markdown.
-    assert "<1.5 ×10³/µL" in limit["summary"] and "10*3" not in limit["summary"]
-    assert "\\<1.5 ×10³/µL" in limit["detail"]
+    # In the threshold's unit (10*3/uL = 10*9/L), plain text, never the raw UCUM code; Markdown-escaped in the detail.
+    assert "<1.5 ×10⁹/L" in limit["summary"] and "10*3" not in limit["summary"]
+    assert "\\<1.5 ×10⁹/L" in limit["detail"]
     assert rule_cards(run(comparator_lab("alt", ">", 1000)), "lab-hold.hepatotoxicity-grade4")
     assert not rule_cards(run(comparator_lab("anc", ">", 1.5)), "data-quality.lab-limit")  # >1.5 is not below 1.0
 
@@ -363,7 +364,7 @@ def test_13_1_premedication_coverage_route_strength_volume(engine: Engine) -> No
     oral = dexamethasone_order("2026-11-21T09:00:00Z")
     oral["dosageInstruction"][0]["route"] = {"coding": [{"system": SNOMED, "code": "26643006", "display": "Oral route"}]}
     (route,) = rule_cards(run([], [oral]), "premedication.dexamethasone-route")
-    assert "Oral route" in route["summary"]
+    assert "ordered by the oral route" in route["summary"]
     hypertonic = saline_order("2026-11-21T11:00:00Z")
     hypertonic["medicationCodeableConcept"]["text"] = "sodium chloride 3% injection 500 mL"
     (strength,) = rule_cards(run([], [hypertonic]), "hydration.saline-strength")

@@ -189,9 +189,15 @@ def _order_id(order: DraftOrder | None) -> str | None:
 
 
 def _limit_text(result: LabResult) -> str:
-    """A limit value as a clinician reads it: "<1.5 x10^3/uL"."""
-    unit = unit_display(result.raw_unit) if result.raw_unit else ""
-    return f"{result.comparator or ''}{result.raw_value} {unit}".strip()
+    """A limit value as a clinician reads it, in the unit of the threshold it is compared with, with the
+    reported one when the number differs: "<1.5 ×10⁹/L", ">40 ×10⁹/L", "<1500 /µL" -> "<1.5 ×10⁹/L (reported
+    <1500 /µL)"."""
+    comparator = result.comparator or ""
+    if result.value is None:
+        unit = unit_display(result.raw_unit) if result.raw_unit else ""
+        return f"{comparator}{result.raw_value} {unit}".strip()
+    shown = format_quantity(result.value, result.unit, result.raw_value, result.raw_unit)
+    return comparator + shown.replace("(reported ", f"(reported {comparator}", 1)
 
 
 def lab_limit(result: LabResult, relation: str, order: DraftOrder | None) -> Finding:

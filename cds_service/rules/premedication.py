@@ -146,7 +146,7 @@ def _check_companion(spec: _Companion, facts: PatientFacts, order: DraftOrder, p
     findings: list[Finding] = []
     wrong_route = [c for c in found if c.route_iv is False]
     if wrong_route:
-        route = "; ".join(sorted({c.route or "another route" for c in wrong_route}))
+        route = "; ".join(sorted({route_words(c.route) for c in wrong_route}))
         findings.append(Finding(spec.route_rule, order.resource_id, {**values, "route": route}, evidence))
     wrong_strength = [c for c in found if c.strength_display is not None]
     if spec.strength_rule is not None and wrong_strength:
@@ -156,6 +156,16 @@ def _check_companion(spec: _Companion, facts: PatientFacts, order: DraftOrder, p
         shown = "; ".join(c.dose_display or "no amount stated" for c in found)
         findings.append(Finding(spec.amount_rule, order.resource_id, {**values, spec.shown_key: shown}, evidence))
     return findings
+
+
+def route_words(route: str | None) -> str:
+    """A route as it reads after "by the ... route": "Oral route" -> "oral", "PO" -> "PO", none -> "non-IV"."""
+    if not route:
+        return "non-IV"
+    words = route.strip()
+    if words.lower().endswith(" route"):
+        words = words[: -len(" route")]
+    return words if words.isupper() else words.lower()
 
 
 def right_kind(companion: CompanionOrder) -> bool:
