@@ -143,6 +143,13 @@ def first_problem(resource: dict[str, Any], read: Collection[str] | None = None)
     "Validation scope": an invalid element the rules never read never makes a resource unusable).
     """
     rtype = str(resource.get("resourceType", "Resource"))
+    if read is not None:
+        # Only the elements read are validated at all: the rest of the resource (narrative, identifiers,
+        # performers, extensions...) costs nothing, however broken it is; hostile nesting anywhere in the
+        # resource is still refused before it is read.
+        if json_depth_exceeds(resource, MAX_RESOURCE_DEPTH):
+            return rtype, f"The resource nests deeper than {MAX_RESOURCE_DEPTH} levels"
+        resource = {k: v for k, v in resource.items() if k in read or k == "resourceType"}
     for message, _, loc in _problems(resource):
         if read is not None and loc and loc[0] not in read and loc[0] != "resource_type":
             continue
