@@ -2,7 +2,7 @@
 request model -> data gathering (prefetch, fhirServer, referenced Medications) -> reading + facts ->
 protocol rules -> findings -> cards. Shared by the HTTP endpoint and `cds-service replay`.
 
-A draft order recognisable as tarlatamab is always answered with cards (spec/protocol.md section 12): only
+A draft order recognisable as tarlatamab is always answered with cards (clinical specification section 12): only
 a malformed hook request gets a 400.
 """
 

@@ -139,7 +139,7 @@ def validation_issues(resource: dict[str, Any], root: str) -> list[Issue]:
 def first_problem(resource: dict[str, Any], read: Collection[str] | None = None) -> tuple[str, str] | None:
     """(element, message) of the first validation problem of a resource, or None when valid.
 
-    `read`: the top-level elements the rules read; problems elsewhere are ignored (spec/protocol.md section 12,
+    `read`: the top-level elements the rules read; problems elsewhere are ignored (clinical specification section 12,
     "Validation scope": an invalid element the rules never read never makes a resource unusable).
     """
     rtype = str(resource.get("resourceType", "Resource"))

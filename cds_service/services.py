@@ -1,4 +1,4 @@
-"""The three CDS services of the contract (spec/service.md) and their prefetch templates."""
+"""The three CDS services of the contract (the service contract) and their prefetch templates."""
 
 from __future__ import annotations
 

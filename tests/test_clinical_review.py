@@ -1,6 +1,6 @@
 """Independent clinical review: one test per spec statement the implementation disagreed with.
 
-Each test quotes the statement of shared/spec/protocol.md (or service.md) it checks, runs a realistic
+Each test quotes the statement of shared/the clinical specification (or service.md) it checks, runs a realistic
 CDS Hooks request through the HTTP endpoint (tests/fhir_builders.py) and asserts on the cards a clinician
 would see. Each failed against the code before the review's fixes.
 """

@@ -2,7 +2,7 @@
 
 The sandbox files have the CDS Hooks sandbox's own order shape (draftOrders Bundle without `type`,
 `category` and `reasonCode` as objects, a dose written `{"value": N, "unit": ...}` only) with a tarlatamab
-medication, which its UI cannot pick; the reading files carry the other shapes of spec/protocol.md section 12
+medication, which its UI cannot pick; the reading files carry the other shapes of clinical specification section 12
 (11-digit NDCs, panel Observations, contained Medications, split infusions, offsets). They double as replay
 examples (`cds-service replay FILE`). `python tests/test_fixtures_reading.py` rewrites them.
 """

@@ -1,4 +1,4 @@
-"""Reading real-world records (spec/protocol.md section 12) and the clarifications of section 13.
+"""Reading real-world records (clinical specification section 12) and the clarifications of section 13.
 
 Every row of both tables has a test here (or in test_reading_layer.py for the pure readers), built from the
 shapes EHRs and the CDS Hooks sandbox send: 11-digit NDCs, panel Observations, offsets like 22:00-05:00,

@@ -1,4 +1,4 @@
-"""Administration (spec/protocol.md 3), premedication and hydration (4), monitoring (5)."""
+"""Administration (the clinical specification 3), premedication and hydration (4), monitoring (5)."""
 
 from __future__ import annotations
 

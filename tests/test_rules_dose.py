@@ -1,4 +1,4 @@
-"""Dose check and too-early check (spec/protocol.md 2.2; 6.2 Grade 3 CRS re-initiation, dose side)."""
+"""Dose check and too-early check (the clinical specification 2.2; 6.2 Grade 3 CRS re-initiation, dose side)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pre-dose laboratory checks (spec/protocol.md 8.1-8.3): required results, holds, units, windows."""
+"""Pre-dose laboratory checks (the clinical specification 8.1-8.3): required results, holds, units, windows."""
 
 from __future__ import annotations
 

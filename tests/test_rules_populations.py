@@ -1,4 +1,4 @@
-"""Special populations and other checks (spec/protocol.md sections 1 and 9)."""
+"""Special populations and other checks (clinical specification sections 1 and 9)."""
 
 from __future__ import annotations
 

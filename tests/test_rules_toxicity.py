@@ -1,4 +1,4 @@
-"""CRS (spec/protocol.md 6.2) and neurologic toxicity including ICANS (7.1, 7.2)."""
+"""CRS (the clinical specification 6.2) and neurologic toxicity including ICANS (7.1, 7.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Schedule positions (spec/protocol.md 2.1) and the expected next dose (2.2, 6.2 Grade 3 CRS row).
+"""Schedule positions (the clinical specification 2.1) and the expected next dose (2.2, 6.2 Grade 3 CRS row).
 
 Histories are realistic MedicationAdministration resources (tests/fhir_builders.py) read by
 `build_order_facts`; the expected values come from the spec tables, not from program output.

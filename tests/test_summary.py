@@ -1,4 +1,4 @@
-"""The patient-view summary card (spec/service.md): next dose, monitoring, labs due, holds."""
+"""The patient-view summary card (the service contract): next dose, monitoring, labs due, holds."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Unit normalisation (spec/protocol.md section 8.3): every accepted unit, and refusal of the rest."""
+"""Unit normalisation (clinical specification section 8.3): every accepted unit, and refusal of the rest."""
 
 from __future__ import annotations
 

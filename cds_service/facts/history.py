@@ -1,6 +1,6 @@
 """Tarlatamab administration history: one dose per local date, and the schedule position of each dose.
 
-Reads MedicationAdministrations through `reading.administrations` (status policy of spec/protocol.md
+Reads MedicationAdministrations through `reading.administrations` (status policy of the clinical specification
 section 12) and places the doses in the schedule (section 2.1). The position arithmetic lives here, in the
 facts, so that the rules (`rules.schedule`) only read positions and never rebuild them.
 

@@ -1,4 +1,4 @@
-"""Laboratory results (spec/protocol.md sections 8 and 12): where an ANC, a liver test, ... is read.
+"""Laboratory results (clinical specification sections 8 and 12): where an ANC, a liver test, ... is read.
 
 Results are read through `reading.observations` (status policy, panel components) and
 `reading.quantities` (UCUM vs free-text units, comparators, the protocol's unit tables). A result that

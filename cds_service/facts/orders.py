@@ -1,7 +1,7 @@
 """Order facts: draft tarlatamab orders, premedication / hydration orders, platinum history.
 
 Reads MedicationRequest / MedicationStatement resources through `cds_service.reading`. Only the elements
-the rules read are validated (spec/protocol.md section 12): a draft whose `category` or `reasonCode` is
+the rules read are validated (clinical specification section 12): a draft whose `category` or `reasonCode` is
 malformed is read as any other; an unreadable element the checks need (the dose, the planned date) is a
 `DataIssue` of the draft ("critical" for the dose: the order cannot be verified).
 

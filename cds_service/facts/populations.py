@@ -1,4 +1,4 @@
-"""Patient, diagnoses, infections, pregnancy and breastfeeding (spec/protocol.md sections 1, 9, 10, 12).
+"""Patient, diagnoses, infections, pregnancy and breastfeeding (clinical specification sections 1, 9, 10, 12).
 
 Conditions are read through `reading.conditions` (verification and clinical status policy); pregnancy and
 breastfeeding observations through `reading.observations` (a preliminary result may show a pregnancy, never

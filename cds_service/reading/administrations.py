@@ -1,4 +1,4 @@
-"""MedicationAdministration: status policy and the elements the schedule reads (spec/protocol.md section 12).
+"""MedicationAdministration: status policy and the elements the schedule reads (clinical specification section 12).
 
 `completed`, `in-progress`, `stopped`, `on-hold`: given. `not-done`, `entered-in-error`: not given.
 `unknown`: counted as given, and the facts say the schedule position assumes so.

@@ -1,4 +1,4 @@
-"""Codes in raw FHIR JSON: codings, text, and NDCs in every form (spec/protocol.md sections 10 and 12).
+"""Codes in raw FHIR JSON: codings, text, and NDCs in every form (clinical specification sections 10 and 12).
 
 NDC forms: 10-digit (4-4-2, 5-3-2, 5-4-1) and 11-digit (5-4-2), with or without dashes; the product code
 (first two segments) matches too. Every form is reduced to the 9-digit 5-4 product code: 55513-059-01 =

@@ -1,4 +1,4 @@
-"""Condition: verification and clinical status, onset and resolution (spec/protocol.md section 12).
+"""Condition: verification and clinical status, onset and resolution (clinical specification section 12).
 
 `verificationStatus` refuted / entered-in-error: ignored. `clinicalStatus` active / recurrence / relapse
 without `abatement[x]`: active; inactive / remission / resolved: resolved at `abatement[x]`, else at the time

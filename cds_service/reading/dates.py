@@ -1,4 +1,4 @@
-"""FHIR dates and date-times (spec/protocol.md section 12, "Dates and time zones").
+"""FHIR dates and date-times (clinical specification section 12, "Dates and time zones").
 
 A record's moment is read as two things: the **local date as written** (used for calendar-day arithmetic:
 gaps, windows, "within N days") and, when the value carries a time **and** an offset, the **instant**

@@ -1,4 +1,4 @@
-"""Observations: status policy, effective time, panel components (spec/protocol.md section 12).
+"""Observations: status policy, effective time, panel components (clinical specification section 12).
 
 Status policy: `final`, `amended`, `corrected` are results; `preliminary` may raise a finding (the card says
 it is preliminary) but never satisfies a required lab and never clears a hold; `registered`, `cancelled`,

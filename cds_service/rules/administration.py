@@ -1,4 +1,4 @@
-"""Infusion over 1 hour at 250 mL/h by pump, no CSTD (spec/protocol.md section 3).
+"""Infusion over 1 hour at 250 mL/h by pump, no CSTD (clinical specification section 3).
 
 One card per order: `administration.infusion` (info), or `administration.rate-conflict` (warning) when the
 order states a rate or duration that contradicts the label, or one written in a unit that cannot be checked.

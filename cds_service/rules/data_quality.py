@@ -1,4 +1,4 @@
-"""Data the service could not obtain or interpret: never silently passed (spec/protocol.md section 10)."""
+"""Data the service could not obtain or interpret: never silently passed (clinical specification section 10)."""
 
 from __future__ import annotations
 

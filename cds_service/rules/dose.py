@@ -1,4 +1,4 @@
-"""Ordered dose vs expected dose, and doses planned too early (spec/protocol.md section 2.2, 6.2 R1 row)."""
+"""Ordered dose vs expected dose, and doses planned too early (clinical specification section 2.2, 6.2 R1 row)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Laboratory checks before each dose (spec/protocol.md sections 8.1-8.3, 12, 13.6, 13.9-13.11, 13.16):
+"""Laboratory checks before each dose (clinical specification sections 8.1-8.3, 12, 13.6, 13.9-13.11, 13.16):
 where the ANC, platelet, hemoglobin and liver holds are decided (thresholds in the protocol data).
 
 A result counts when it is usable (converted to the canonical unit, valid) and its local date is on or after

@@ -1,4 +1,4 @@
-"""Monitoring after the dose (spec/protocol.md section 5): one card per tarlatamab order.
+"""Monitoring after the dose (clinical specification section 5): one card per tarlatamab order.
 
 Escalation applies to the next dose given after the event only (section 13.2): the event must follow the
 last dose (instants when both carry one, local dates otherwise); a dose drafted earlier in the same request

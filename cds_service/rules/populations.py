@@ -1,4 +1,4 @@
-"""Special populations and other pre-dose checks (spec/protocol.md sections 1 and 9).
+"""Special populations and other pre-dose checks (clinical specification sections 1 and 9).
 
 Decisions where the specification is silent:
 - The pregnancy checks apply only to patients whose administrative gender is female, unknown or absent, aged

@@ -1,4 +1,4 @@
-"""Dexamethasone premedication and saline hydration at C1D1, C1D8, R1, R2 (spec/protocol.md 4, 13.1, 13.17).
+"""Dexamethasone premedication and saline hydration at C1D1, C1D8, R1, R2 (the clinical specification 4, 13.1, 13.17).
 
 A companion order covers the tarlatamab dose when it is a draft of the same request (undated, or planned for
 the same local date), or an active order planned for the same local date or, without timing, authored on that

@@ -1,4 +1,4 @@
-"""Expected dose of a planned administration (spec/protocol.md section 2.2).
+"""Expected dose of a planned administration (clinical specification section 2.2).
 
 The positions of the given doses are facts (`facts.history`, section 2.1); this module reads them.
 Positions: a sequence starts at the first dose ever given (C1D1, C1D8, C1D15, C2D1, C2D15, C3D1, ...) and

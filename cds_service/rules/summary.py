@@ -1,4 +1,4 @@
-"""The patient-view summary card (spec/service.md): next dose, its monitoring, labs due, holds.
+"""The patient-view summary card (the service contract): next dose, its monitoring, labs due, holds.
 
 The summary reuses the per-order rules on the next planned dose, so a hold shown here is exactly the
 hold an order for that dose would meet at order-sign; in addition it reports every laboratory hold that
@@ -50,7 +50,7 @@ def patient_summary(facts: PatientFacts, protocol: Protocol, ctx: EvaluationCont
             )
         ]
     if not facts.administrations:
-        return []  # never treated with tarlatamab: no card (spec/service.md)
+        return []  # never treated with tarlatamab: no card (the service contract)
 
     today = ctx.today
     last_given = facts.administrations[-1]

@@ -1,4 +1,4 @@
-"""Cytokine release syndrome and neurologic toxicity (spec/protocol.md sections 6.2 and 7.2).
+"""Cytokine release syndrome and neurologic toxicity (clinical specification sections 6.2 and 7.2).
 
 The rules read the toxicity episodes of the facts (Conditions and grade/ICE observations, see
 `facts_clinical`). Grade 1-2 CRS that resolved needs no card here; the monitoring escalation after Grade 2
