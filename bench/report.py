@@ -59,7 +59,8 @@ def markdown(results: dict[str, Any]) -> str:
         + (" with uncommitted service changes" if results["git"].get("service_files_modified") else ""),
         f"- Machine: nproc {m['nproc']}, {m['cpu_model']}, {m['memory_gib']} GiB, Linux {m['kernel']}, "
         f"Python {m['python']}, " + ", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items()) + f", {m['wrk']}",
-        f"- Settings: gunicorn {s['workers']} sync workers x {s['threads']} thread for both servers; wrk "
+        f"- Settings: gunicorn {s['workers']} {s.get('worker_class', 'sync')} workers x {s['threads']} thread, "
+        f"keep-alive {s.get('keepalive_s', 2)} s, for both servers; wrk "
         f"{s['wrk_threads']} thread, {s['connections']} connections, {s['duration_s']} s per case after "
         f"{s['warmup_requests']} validated warm-up requests; CDS_NOW {s['cds_now']}; store {s['database']}; "
         f"audit {s['audit']}; JWT {s['jwt']}.",

@@ -54,6 +54,8 @@ from bench.workload import (
     distinct_bodies,
     select_sign_pairs,
 )
+from cds_service.cli import gunicorn_options
+from cds_service.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO_ROOT / "bench"
@@ -354,8 +356,12 @@ def server_for(target: str, opts: Options, tmp: Path, size: str) -> Server:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     if target == "bare":
+        # The same worker class and keep-alive as `cds-service serve` uses by default (gevent, no keep-alive).
+        served = gunicorn_options(Settings.from_env({}))
         argv = [
             sys.executable, "-m", "gunicorn", "-w", str(opts.workers), "--threads", "1", "--timeout", "30",
+            "-k", served["worker_class"], "--keep-alive", str(served["keepalive"]),
+            "--worker-connections", str(served["worker_connections"]),
             "-b", f"127.0.0.1:{port}", "bench.bare_app:app",
         ]  # fmt: skip
     else:
@@ -772,6 +778,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "workers": opts.workers,
             "threads": 1,
+            "worker_class": gunicorn_options(Settings.from_env({}))["worker_class"],
+            "keepalive_s": gunicorn_options(Settings.from_env({}))["keepalive"],
             "connections": opts.connections,
             "wrk_threads": opts.wrk_threads,
             "duration_s": opts.duration,
