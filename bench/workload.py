@@ -266,84 +266,88 @@ def medium() -> BenchRequest:
     return BenchRequest("M", "C4D1 maintenance 10 mg with 7 doses of history and 12 weeks of labs", body)
 
 
-def large() -> BenchRequest:
-    """C14D1 a year into treatment: weekly extended labs for 52 weeks, every administration and its order."""
-    rng = random.Random(20251124)
-    first = PLANNED_DATE - timedelta(days=28 * 13)  # C1D1 = 2025-11-24
-    doses = _schedule(first, 13)
-    observations = _weekly_labs("L", LAST_DRAW, 52, EXTENDED_PANEL, rng)
+def _long_course(
+    size: str,
+    *,
+    seed: int,
+    cycles: int,
+    weeks: int,
+    months: int,
+    midweek: bool,
+    platinum_from: date,
+    sclc_onset: str,
+) -> dict[str, Any]:
+    """The body of a long treatment course: weekly extended labs for `weeks` weeks (and, with `midweek`, a
+    mid-week CBC and liver panel), two graded CRS episodes, every administration and its order, monthly refills
+    of the supportive medicines for `months` months; the order is the first dose of cycle `cycles` + 1."""
+    rng = random.Random(seed)
+    first = PLANNED_DATE - timedelta(days=28 * cycles)
+    doses = _schedule(first, cycles)
+    observations = _weekly_labs(size, LAST_DRAW, weeks, EXTENDED_PANEL, rng)
+    if midweek:
+        extra = _weekly_labs(size, LAST_DRAW - timedelta(days=3), weeks, CBC_LFT, rng)
+        for resource in extra:
+            resource["id"] = resource["id"].replace(f"{size}-lab-", f"{size}-midweek-")
+        observations += extra
     for i, (kind, value, offset) in enumerate(
         [("crs-grade", 1, 1), ("crs-grade", 0, 2), ("ice-score", 10, 1), ("crs-grade", 2, 8), ("crs-grade", 0, 10),
          ("ice-score", 10, 8)]
     ):  # fmt: skip
         observations.append(
-            fb.grade_observation(kind, value, _at(first + timedelta(days=offset), 6), oid=f"L-grade-{i}")
+            fb.grade_observation(kind, value, _at(first + timedelta(days=offset), 6), oid=f"{size}-grade-{i}")
         )
-    medications = _given_orders("L", doses)  # 27 tarlatamab + 4 premedication/hydration
-    medications += _platinum("L", date(2025, 8, 4), 4)
-    for month in range(12):
+    medications = _given_orders(size, doses)  # every tarlatamab order + 4 premedication/hydration
+    medications += _platinum(size, platinum_from, 4)
+    for month in range(months):
         authored = first + timedelta(days=30 * month)
-        status = "active" if month == 11 else "completed"
+        status = "active" if month == months - 1 else "completed"
         medications += [
-            _medication_request(f"L-med-{rx}-{month}", rx, display, text, authored, status)
+            _medication_request(f"{size}-med-{rx}-{month}", rx, display, text, authored, status)
             for rx, display, text in SUPPORTIVE
         ]
     conditions = [
-        _sclc("L", "2025-07-15"),
-        fb.crs_condition(1, _at(first + timedelta(days=1), 2), _at(first + timedelta(days=2), 9), cid="L-crs-1"),
-        fb.crs_condition(2, _at(first + timedelta(days=8), 1), _at(first + timedelta(days=10), 9), cid="L-crs-2"),
-        *_history_conditions("L", 7),
+        _sclc(size, sclc_onset),
+        fb.crs_condition(1, _at(first + timedelta(days=1), 2), _at(first + timedelta(days=2), 9), cid=f"{size}-crs-1"),
+        fb.crs_condition(2, _at(first + timedelta(days=8), 1), _at(first + timedelta(days=10), 9), cid=f"{size}-crs-2"),
+        *_history_conditions(size, 7),
     ]
-    body = _request(
-        "L",
-        drafts=[fb.tarlatamab_order(_at(PLANNED_DATE), dose=10, oid="L-tarla-order-C14D1")],
+    return _request(
+        size,
+        drafts=[fb.tarlatamab_order(_at(PLANNED_DATE), dose=10, oid=f"{size}-tarla-order-C{cycles + 1}D1")],
         medications=medications,
-        administrations=_administrations("L", doses),
+        administrations=_administrations(size, doses),
         observations=observations,
         conditions=conditions,
+    )
+
+
+def large() -> BenchRequest:
+    """C14D1 a year into treatment (C1D1 2025-11-24): weekly extended labs for 52 weeks."""
+    body = _long_course(
+        "L",
+        seed=20251124,
+        cycles=13,
+        weeks=52,
+        months=12,
+        midweek=False,
+        platinum_from=date(2025, 8, 4),
+        sclc_onset="2025-07-15",
     )
     return BenchRequest("L", "C14D1 a year into treatment: 52 weeks of weekly labs and all 27 doses", body)
 
 
 def xlarge() -> BenchRequest:
-    """C40D1 three years into treatment: weekly extended panels and a mid-week CBC and liver panel for 156 weeks."""
-    rng = random.Random(20231218)
-    first = PLANNED_DATE - timedelta(days=28 * 39)  # C1D1 = 2023-12-18
-    doses = _schedule(first, 39)
-    observations = _weekly_labs("XL", LAST_DRAW, 156, EXTENDED_PANEL, rng)
-    midweek = _weekly_labs("XL", LAST_DRAW - timedelta(days=3), 156, CBC_LFT, rng)
-    for resource in midweek:
-        resource["id"] = resource["id"].replace("XL-lab-", "XL-midweek-")
-    observations += midweek
-    for i, (kind, value, offset) in enumerate(
-        [("crs-grade", 1, 1), ("crs-grade", 0, 2), ("ice-score", 10, 1), ("crs-grade", 2, 8), ("crs-grade", 0, 10),
-         ("ice-score", 10, 8)]
-    ):  # fmt: skip
-        observations.append(
-            fb.grade_observation(kind, value, _at(first + timedelta(days=offset), 6), oid=f"XL-grade-{i}")
-        )
-    medications = _given_orders("XL", doses)
-    medications += _platinum("XL", date(2023, 8, 7), 4)
-    for month in range(37):
-        authored = first + timedelta(days=30 * month)
-        status = "active" if month == 36 else "completed"
-        medications += [
-            _medication_request(f"XL-med-{rx}-{month}", rx, display, text, authored, status)
-            for rx, display, text in SUPPORTIVE
-        ]
-    conditions = [
-        _sclc("XL", "2023-07-10"),
-        fb.crs_condition(1, _at(first + timedelta(days=1), 2), _at(first + timedelta(days=2), 9), cid="XL-crs-1"),
-        fb.crs_condition(2, _at(first + timedelta(days=8), 1), _at(first + timedelta(days=10), 9), cid="XL-crs-2"),
-        *_history_conditions("XL", 7),
-    ]
-    body = _request(
+    """C40D1 three years into treatment (C1D1 2023-12-18): weekly extended panels and a mid-week CBC and liver
+    panel for 156 weeks."""
+    body = _long_course(
         "XL",
-        drafts=[fb.tarlatamab_order(_at(PLANNED_DATE), dose=10, oid="XL-tarla-order-C40D1")],
-        medications=medications,
-        administrations=_administrations("XL", doses),
-        observations=observations,
-        conditions=conditions,
+        seed=20231218,
+        cycles=39,
+        weeks=156,
+        months=37,
+        midweek=True,
+        platinum_from=date(2023, 8, 7),
+        sclc_onset="2023-07-10",
     )
     return BenchRequest("XL", "C40D1 three years into treatment: 156 weeks of labs and all 79 doses", body)
 
