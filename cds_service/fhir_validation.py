@@ -1,7 +1,10 @@
-"""Validation of the FHIR R4 resources the evaluator reads, with fhir.resources' R4B models.
+"""Validation of the FHIR R4 resources the evaluator reads.
 
 Only resources the rules use are validated (the caller selects them by type, code and date first).
-Errors name the element (FHIRPath-like) and never echo the submitted value.
+The prefetched record (Observation, Condition, MedicationAdministration, Patient) is checked element by
+element, for exactly the elements the rules read, by `reading.structure`; what must be valid FHIR (the draft
+orders, anything else) is validated with fhir.resources' R4B models. Errors name the element (FHIRPath-like)
+and never echo the submitted value.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pydantic import ValidationError
 
 from .errors import Issue
 from .hook_request import json_depth_exceeds
+from .reading import structure
 
 # The deepest nesting accepted inside one resource the evaluator reads (the request body as a whole is
 # limited by orjson's parser); validation recurses, so hostile nesting is refused before it.
@@ -61,8 +65,9 @@ def _message(err: dict[str, Any]) -> str:
 
 Problem = tuple[str, str, tuple[Any, ...]]  # (message, issue code, location inside the resource)
 
-# Validation is a pure function of the resource's JSON, and EHRs send the same resources again and again
-# (order-select, then order-sign, then patient-view; the same history on every call). Results are kept per
+# Validation with fhir.resources (the draft orders; not the prefetched record, which `reading.structure` checks
+# for a few microseconds per resource) is a pure function of the resource's JSON, and EHRs send the same
+# resources again (order-select, then order-sign). Results are kept per
 # worker, keyed by a digest of the resource's JSON bytes: only the digest and the problem list (element
 # paths and messages, never values) are held, never the resource.
 VALIDATION_CACHE_SIZE = 20000
@@ -140,7 +145,8 @@ def first_problem(resource: dict[str, Any], read: Collection[str] | None = None)
     """(element, message) of the first validation problem of a resource, or None when valid.
 
     `read`: the top-level elements the rules read; problems elsewhere are ignored (clinical specification section 12,
-    "Validation scope": an invalid element the rules never read never makes a resource unusable).
+    "Validation scope": an invalid element the rules never read never makes a resource unusable). With `read`,
+    a prefetched resource type `reading.structure` knows is checked there, without fhir.resources.
     """
     rtype = str(resource.get("resourceType", "Resource"))
     if read is not None:
@@ -149,6 +155,11 @@ def first_problem(resource: dict[str, Any], read: Collection[str] | None = None)
         # resource is still refused before it is read.
         if json_depth_exceeds(resource, MAX_RESOURCE_DEPTH):
             return rtype, f"The resource nests deeper than {MAX_RESOURCE_DEPTH} levels"
+        if structure.supports(rtype):
+            # A prefetched resource the rules read: the lean structure check of exactly those elements
+            # (fhir.resources stays for what must be valid FHIR: the draft orders, the suggestions).
+            found = structure.first_structure_problem(resource, read)
+            return None if found is None else (_path(rtype, found[0]), found[1])
         resource = {k: v for k, v in resource.items() if k in read or k == "resourceType"}
     for message, _, loc in _problems(resource):
         if read is not None and loc and loc[0] not in read and loc[0] != "resource_type":

@@ -1,0 +1,398 @@
+"""Structure checks of the prefetched resources the rules read (clinical specification section 12, validation scope).
+
+The prefetched record is read, not re-emitted: what matters is that every element a rule reads has the JSON
+shape and the FHIR R4 datatype it must have, so that the reading layer never sees a wrong shape. A small
+declarative table per resource type names each element read and its datatype; `first_structure_problem`
+walks only those elements (and, inside them, the datatype's own elements) and returns the first problem as
+(location inside the resource, message), in the order of the R4 element definitions. Messages name what is
+wrong, never the submitted value.
+
+What is rejected where read: wrong JSON types (a string where an object or a number is expected, an object
+where a list is expected, a number where a date is expected), null inside a list, empty strings, empty or
+blank codes and ids, codes with stray whitespace, malformed or impossible date / dateTime / instant values (a
+time without a time zone), non-integer integers, a `Quantity.comparator` other than <, <=, >=, >, elements
+unknown to the datatype (a typo such as `valueQuantity.vaule` is never silently dropped), elements that are
+not R4 at all (`Condition.abatementBoolean`), a missing `Observation.status` or `Observation.code`, and more
+than one `effective[x]` or `value[x]` of an Observation. An element given as null (outside a list) counts as
+absent, as fhir.resources reads it: the reading layer then reports what is missing.
+
+The draft orders and the resources built for suggestions are validated with fhir.resources, not here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Mapping
+from datetime import date, datetime
+from typing import Any
+
+Loc = tuple[str | int, ...]
+Problem = tuple[Loc, str]
+
+# --- primitive datatypes --------------------------------------------------------------------------------
+
+_CODE = re.compile(r"[^\s]+( [^\s]+)*")
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,255}")
+_YEAR = r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)"
+_TIME = r"T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?(Z|[+\-]((0[0-9]|1[0-3]):[0-5][0-9]|14:00))"
+_DATE = re.compile(_YEAR + r"(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1]))?)?")
+_DATETIME = re.compile(_YEAR + r"(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1])(" + _TIME + r")?)?)?")
+_INSTANT = re.compile(_YEAR + r"-(0[1-9]|1[0-2])-(0[1-9]|[1-2][0-9]|3[0-1])" + _TIME)
+COMPARATORS = frozenset({"<", "<=", ">=", ">"})
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return "an unsupported value"
+
+
+def _string_like(value: Any, kind: str) -> str | None:
+    if value.__class__ is not str:
+        return f"Expected a string ({kind}), found {_json_type(value)}"
+    if not value.strip():
+        return f"An empty or blank string is not a valid {kind}"
+    return None
+
+
+def _string(value: Any) -> str | None:
+    if value.__class__ is not str:
+        return f"Expected a string, found {_json_type(value)}"
+    return None if value else "An empty string is not a valid FHIR string"
+
+
+def _code(value: Any) -> str | None:
+    problem = _string_like(value, "code")
+    if problem is None and not _CODE.fullmatch(value):
+        return "Not a valid code (leading, trailing or repeated whitespace)"
+    return problem
+
+
+def _id(value: Any) -> str | None:
+    problem = _string_like(value, "id")
+    if problem is None and not _ID.fullmatch(value):
+        return "Not a valid id (letters, digits, '-' and '.' only)"
+    return problem
+
+
+def _uri(value: Any) -> str | None:
+    return None if value.__class__ is str else f"Expected a string (uri), found {_json_type(value)}"
+
+
+def _boolean(value: Any) -> str | None:
+    return None if value is True or value is False else f"Expected a boolean, found {_json_type(value)}"
+
+
+def _integer(value: Any) -> str | None:
+    if value.__class__ is int:
+        return None if -2147483648 <= value <= 2147483647 else "The integer is out of the 32-bit range"
+    if value.__class__ is float:
+        return None if value.is_integer() else "Expected an integer, found a number with a fraction"
+    return f"Expected an integer, found {_json_type(value)}"
+
+
+def _decimal(value: Any) -> str | None:
+    if value.__class__ is int or value.__class__ is float:
+        return None
+    return f"Expected a number (decimal), found {_json_type(value)}"
+
+
+def _full_date_exists(text: str) -> bool:
+    try:
+        date(int(text[0:4]), int(text[5:7]), int(text[8:10]))
+    except ValueError:
+        return False
+    return True
+
+
+def _date(value: Any) -> str | None:
+    problem = _string_like(value, "date")
+    if problem is not None:
+        return problem
+    if not _DATE.fullmatch(value) or (len(value) == 10 and not _full_date_exists(value)):
+        return "Not a valid FHIR date (YYYY, YYYY-MM or YYYY-MM-DD)"
+    return None
+
+
+def _moment_exists(text: str) -> bool:
+    if not _full_date_exists(text):
+        return False
+    if len(text) > 10:
+        try:
+            datetime.fromisoformat(text.replace(":60", ":59", 1) if text[17:19] == "60" else text)
+        except ValueError:
+            return False
+    return True
+
+
+def _date_time(value: Any) -> str | None:
+    problem = _string_like(value, "dateTime")
+    if problem is not None:
+        return problem
+    if not _DATETIME.fullmatch(value) or (len(value) >= 10 and not _moment_exists(value)):
+        return "Not a valid FHIR dateTime (YYYY, YYYY-MM, YYYY-MM-DD, or a date and time with a time zone)"
+    return None
+
+
+def _instant(value: Any) -> str | None:
+    problem = _string_like(value, "instant")
+    if problem is not None:
+        return problem
+    if not _INSTANT.fullmatch(value) or not _moment_exists(value):
+        return "Not a valid FHIR instant (a date and time to the second, with a time zone)"
+    return None
+
+
+def _comparator(value: Any) -> str | None:
+    problem = _code(value)
+    if problem is None and value not in COMPARATORS:
+        return "Not a valid Quantity.comparator (one of <, <=, >=, >)"
+    return problem
+
+
+def _not_r4(value: Any) -> str | None:
+    return "Not an element of this FHIR R4 resource"
+
+
+PRIMITIVES: dict[str, Callable[[Any], str | None]] = {
+    "string": _string,
+    "code": _code,
+    "id": _id,
+    "uri": _uri,
+    "boolean": _boolean,
+    "integer": _integer,
+    "decimal": _decimal,
+    "date": _date,
+    "dateTime": _date_time,
+    "instant": _instant,
+    "comparator": _comparator,
+    "not-r4": _not_r4,
+}
+
+# --- complex datatypes: element -> (datatype, is a list), in R4 element order -----------------------------
+
+Table = dict[str, tuple[str, bool]]
+
+_QUANTITY: Table = {
+    "value": ("decimal", False),
+    "comparator": ("comparator", False),
+    "unit": ("string", False),
+    "system": ("uri", False),
+    "code": ("code", False),
+}
+COMPLEX: dict[str, Table] = {
+    "Coding": {
+        "system": ("uri", False),
+        "version": ("string", False),
+        "code": ("code", False),
+        "display": ("string", False),
+        "userSelected": ("boolean", False),
+    },
+    "CodeableConcept": {"coding": ("Coding", True), "text": ("string", False)},
+    "Quantity": _QUANTITY,
+    "Period": {"start": ("dateTime", False), "end": ("dateTime", False)},
+    "Range": {"low": ("Quantity", False), "high": ("Quantity", False)},
+    "Ratio": {"numerator": ("Quantity", False), "denominator": ("Quantity", False)},
+    "Identifier": {
+        "use": ("code", False),
+        "type": ("CodeableConcept", False),
+        "system": ("uri", False),
+        "value": ("string", False),
+        "period": ("Period", False),
+        "assigner": ("Reference", False),
+    },
+    "Reference": {
+        "reference": ("string", False),
+        "type": ("uri", False),
+        "identifier": ("Identifier", False),
+        "display": ("string", False),
+    },
+    "ObservationReferenceRange": {
+        "low": ("Quantity", False),
+        "high": ("Quantity", False),
+        "type": ("CodeableConcept", False),
+        "appliesTo": ("CodeableConcept", True),
+        "age": ("Range", False),
+        "text": ("string", False),
+    },
+    "MedicationAdministrationDosage": {
+        "text": ("string", False),
+        "site": ("CodeableConcept", False),
+        "route": ("CodeableConcept", False),
+        "method": ("CodeableConcept", False),
+        "dose": ("Quantity", False),
+        "rateRatio": ("Ratio", False),
+        "rateQuantity": ("Quantity", False),
+    },
+    # A contained resource: only a contained Medication is read (its code); see _contained.
+    "Medication": {"id": ("id", False), "code": ("CodeableConcept", False)},
+}
+_BACKBONE = frozenset({"ObservationReferenceRange", "MedicationAdministrationDosage"})
+
+# --- resources: the elements the rules may read, in R4 element order -------------------------------------
+
+RESOURCES: dict[str, Table] = {
+    "Patient": {"id": ("id", False), "gender": ("code", False), "birthDate": ("date", False)},
+    "Observation": {
+        "id": ("id", False),
+        "status": ("code", False),
+        "code": ("CodeableConcept", False),
+        "effectiveDateTime": ("dateTime", False),
+        "effectivePeriod": ("Period", False),
+        "effectiveInstant": ("instant", False),
+        "issued": ("instant", False),
+        "valueQuantity": ("Quantity", False),
+        "valueCodeableConcept": ("CodeableConcept", False),
+        "valueString": ("string", False),
+        "valueInteger": ("integer", False),
+        "dataAbsentReason": ("CodeableConcept", False),
+        "interpretation": ("CodeableConcept", True),
+        "referenceRange": ("ObservationReferenceRange", True),
+    },
+    "Condition": {
+        "id": ("id", False),
+        "clinicalStatus": ("CodeableConcept", False),
+        "verificationStatus": ("CodeableConcept", False),
+        "code": ("CodeableConcept", False),
+        "onsetDateTime": ("dateTime", False),
+        "onsetPeriod": ("Period", False),
+        "abatementDateTime": ("dateTime", False),
+        "abatementAge": ("Quantity", False),
+        "abatementPeriod": ("Period", False),
+        "abatementRange": ("Range", False),
+        "abatementString": ("string", False),
+        "abatementBoolean": ("not-r4", False),  # STU3 only: a record that says so cannot be read as R4
+        "recordedDate": ("dateTime", False),
+    },
+    "MedicationAdministration": {
+        "id": ("id", False),
+        "contained": ("Resource", True),
+        "status": ("code", False),
+        "medicationCodeableConcept": ("CodeableConcept", False),
+        "medicationReference": ("Reference", False),
+        "effectiveDateTime": ("dateTime", False),
+        "effectivePeriod": ("Period", False),
+        "dosage": ("MedicationAdministrationDosage", False),
+    },
+}
+
+# Required where the rules need them (checked when every element read is well-formed, then the choices).
+REQUIRED: dict[str, tuple[str, ...]] = {"Observation": ("status",)}
+REQUIRED_COMPLEX: dict[str, tuple[str, ...]] = {"Observation": ("code",)}  # absent (an explicit null is absent data)
+CHOICES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "Observation": (
+        ("effectiveDateTime", "effectivePeriod", "effectiveInstant"),
+        ("valueQuantity", "valueCodeableConcept", "valueString", "valueInteger"),
+    ),
+}
+
+
+def supports(resource_type: str) -> bool:
+    return resource_type in RESOURCES
+
+
+# The walk below returns locations relative to the value checked and prefixes them on the way out, so that the
+# usual case (nothing wrong) builds no location at all.
+
+
+def _value(datatype: str, value: Any) -> Problem | None:
+    primitive = PRIMITIVES.get(datatype)
+    if primitive is not None:
+        message = primitive(value)
+        return None if message is None else ((), message)
+    if datatype == "Resource":
+        return _contained(value)
+    if value.__class__ is not dict:
+        return (), f"Expected a JSON object here ({datatype}), found {_json_type(value)}"
+    if datatype == "Extension":  # only its url is checked: the value of an extension is never read
+        url = value.get("url")
+        message = "An extension needs a url" if url is None else _uri(url)
+        return None if message is None else (("url",), message)
+    return _elements(datatype, COMPLEX[datatype], value, datatype in _BACKBONE)
+
+
+def _element(datatype: str, many: bool, value: Any, name: str) -> Problem | None:
+    if not many:
+        if value.__class__ is list:
+            return (), f"Expected a single {datatype} here, found a list"
+        return _value(datatype, value)
+    if value.__class__ is not list:
+        return (), f"Expected a list here, found {_json_type(value)}"
+    for index, item in enumerate(value):
+        if item is None:
+            return (), f"null is not allowed as an element of {name}"
+        found = _value(datatype, item)
+        if found is not None:
+            return (index, *found[0]), found[1]
+    return None
+
+
+def _elements(name: str, table: Table, value: Mapping[str, Any], backbone: bool) -> Problem | None:
+    """The first problem among the elements of a datatype (in the order written)."""
+    for key, item in value.items():
+        spec = table.get(key)
+        if spec is not None:
+            found = None if item is None else _element(spec[0], spec[1], item, key)
+        elif key == "extension" or (backbone and key == "modifierExtension"):
+            found = _element("Extension", True, item, key)
+        elif key == "id" or (key[:1] == "_" and key[1:] in table):
+            continue  # an element id or a primitive's extensions: never read
+        else:
+            return (key,), f"Unknown element (not part of the FHIR R4 {name})"
+        if found is not None:
+            return (key, *found[0]), found[1]
+    return None
+
+
+def _contained(value: Any) -> Problem | None:
+    if value.__class__ is not dict:
+        return (), f"Expected a JSON object here (a contained resource), found {_json_type(value)}"
+    rtype = value.get("resourceType")
+    if rtype.__class__ is not str or not rtype.strip():
+        return ("resourceType",), "A contained resource has no resourceType"
+    if rtype != "Medication":
+        return None  # not read
+    for key, (datatype, many) in COMPLEX["Medication"].items():
+        item = value.get(key)
+        found = None if item is None else _element(datatype, many, item, key)
+        if found is not None:
+            return (key, *found[0]), found[1]
+    return None
+
+
+def first_structure_problem(resource: Mapping[str, Any], read: Collection[str]) -> Problem | None:
+    """(location, message) of the first problem among the elements `read` of a supported resource, or None."""
+    table = RESOURCES[str(resource.get("resourceType"))]
+    for key, (datatype, many) in table.items():
+        if key not in read:
+            continue
+        item = resource.get(key)
+        if item is None:
+            if datatype == "not-r4" and key in resource:
+                return (key,), _not_r4(item)
+            continue
+        found = _element(datatype, many, item, key)
+        if found is not None:
+            return (key, *found[0]), found[1]
+    rtype = str(resource.get("resourceType"))
+    for key in REQUIRED.get(rtype, ()):
+        if key in read and resource.get(key) is None:
+            return (key,), f"The required element {key} is missing"
+    for key in REQUIRED_COMPLEX.get(rtype, ()):
+        if key in read and key not in resource:
+            return (key,), f"The required element {key} is missing"
+    for group in CHOICES.get(rtype, ()):
+        present = [key for key in group if key in read and resource.get(key) is not None]
+        if len(present) > 1:
+            return (), f"Only one of {', '.join(group)} may be present, found {', '.join(present)}"
+    return None
