@@ -23,7 +23,7 @@ from ..protocol import Protocol
 from ..reading.codes import codings, concept_text
 from ..reading.dates import local_date
 from ..reading.medications import MedicationIndex
-from ..reading.quantities import convert, number_text, raw_unit_of
+from ..reading.quantities import as_written, convert, number_text, raw_unit_of
 from .history import dose_from_quantity, product_dose
 from .model import CompanionOrder, DataIssue, Dose, DraftOrder
 
@@ -208,7 +208,7 @@ def read_draft_order(
         issues.append(
             _draft_issue(
                 resource,
-                f"The planned administration time {unreadable!r} has no full date; "
+                f"The planned administration time '{as_written(unreadable)}' has no full date; "
                 + ("the next stated date was used." if planned else "the evaluation date was used."),
                 "dosageInstruction.timing",
                 "planned administration date",

@@ -19,7 +19,7 @@ from ..reading import conditions as cond_reading
 from ..reading import observations as obs_reading
 from ..reading.codes import codings, concept_text
 from ..reading.dates import When, read_when
-from ..reading.quantities import decides_below
+from ..reading.quantities import as_written, decides_below
 from ..units import canonical_unit
 from .labs import PREGNANCY_KEYS, convert_lab
 from .model import CodedCondition, DataIssue, GradePoint, PregnancyEvidence, ToxicityEpisode
@@ -67,7 +67,7 @@ def patient_facts(patients: list[dict[str, Any]], issues: list[DataIssue]) -> tu
             DataIssue(
                 "unusable",
                 "patient",
-                f"The birth date '{raw_birth}' is incomplete or invalid: the age could not be determined.",
+                f"The birth date '{as_written(raw_birth)}' is incomplete or invalid: the age could not be determined.",
                 reference,
                 "birthDate",
                 affects="age",

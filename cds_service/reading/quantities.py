@@ -97,6 +97,16 @@ class Converted:
         return f"{self.comparator or ''}{self.raw_value} {self.raw_unit or '(no unit)'}"
 
 
+def as_written(raw: Any) -> str:
+    """A value that is not a number, as a clinician can be shown it: text as written, else its JSON kind (never
+    the dump of a structure)."""
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    return "a list" if isinstance(raw, list) else "an object" if isinstance(raw, Mapping) else type(raw).__name__
+
+
 def convert(quantity: Any, factors: Mapping[str, Any], target: str = "") -> Converted:
     """Convert a FHIR Quantity dict with a unit -> factor table (`target` names the unit in problems)."""
     if not isinstance(quantity, Mapping):
@@ -106,7 +116,7 @@ def convert(quantity: Any, factors: Mapping[str, Any], target: str = "") -> Conv
     if raw is None:
         return Converted(None, None, None, raw_unit, "no value")
     number = _number(raw)
-    raw_value = number_text(number) if number is not None else str(raw)
+    raw_value = number_text(number) if number is not None else as_written(raw)
     if number is None:
         return Converted(None, None, raw_value, raw_unit, "value is not a number")
     comparator = quantity.get("comparator")
