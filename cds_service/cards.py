@@ -172,9 +172,15 @@ class CardRenderer:
             block.append(self._evidence_block(finding.evidence))
             block.append(self._source_line(rule))
             parts.append("\n\n".join(b for b in block if b))
-        if plan.also:
-            lines = [f"- {self._summary(f, hook)}" for f in plan.also]
-            parts.append(held["also_heading"] + "\n" + "\n".join(lines))
+        # The order's own problems (dose, schedule) matter only if the hold is overridden: listed apart, without
+        # their buttons; the patient's other problems (labs, infection...) under "also noted".
+        override_topics = set(self.protocol.data.get("card_set", {}).get("held_override_topics", ()))
+        for heading, group in (
+            ("override_heading", [f for f in plan.also if self.protocol.rule(f.rule_id).topic in override_topics]),
+            ("also_heading", [f for f in plan.also if self.protocol.rule(f.rule_id).topic not in override_topics]),
+        ):
+            if group:
+                parts.append(held[heading] + "\n" + "\n".join(f"- {self._summary(f, hook)}" for f in group))
         card = self._card(identity, summary, "critical", parts, lead_rule, lead_rule.topic, base)
         delete = (SuggestionSpec("delete-order", plan.order_id),)
         self._add_suggestions(card, delete, {}, {"p": self._p}, identity, builder, plan.lead.rule_id)

@@ -85,8 +85,9 @@ def test_a_held_order_is_one_card_led_by_a_permanent_discontinuation(protocol: P
         ("plan", "o2", ["monitoring.schedule"]),
         ("single", None, ["data-quality.unusable"]),
     ]
-    # The dose problem, the plan lines are dropped for the held order; the infection is listed in its card.
-    assert [f.rule_id for f in plans[0].also] == ["infection.active"]
+    # The plan lines are dropped for the held order; its dose problem and the infection are listed in its card
+    # (without the dose button: its one suggestion deletes the order), so an overridden hold still shows them.
+    assert [f.rule_id for f in plans[0].also] == ["dose.invalid-amount", "infection.active"]
 
 
 def test_plan_card_at_order_select_only_when_escalated(protocol: Protocol) -> None:
@@ -145,7 +146,10 @@ def test_a_held_order_never_gets_dose_or_plan_advice(client: Any) -> None:
     )
     (card,) = post(client, ORDER_SIGN, body)
     assert card["indicator"] == "critical"
-    assert "Change dose" not in card["detail"] and "60 min" not in card["detail"]
+    # No plan advice; the wrong dose is named only as what to correct if the hold is overridden (no button).
+    assert "60 min" not in card["detail"]
+    before, _, after = card["detail"].partition("If the hold is overridden")
+    assert "Change dose" not in before and "Change dose to 10 mg: 7 mg is not a tarlatamab dose" in after
     (suggestion,) = card["suggestions"]
     assert suggestion["actions"] == [
         {"type": "delete", "description": suggestion["label"], "resourceId": "MedicationRequest/order-7mg"}

@@ -138,6 +138,35 @@ def test_12_malformed_relevant_record_is_reported_in_every_hook(engine: Engine) 
         assert any("Observation/anc-broken" in c["detail"] for c in quality), service
 
 
+def test_12_an_older_result_never_stands_in_silently_for_an_unreadable_newer_one(engine: Engine) -> None:
+    """The newest ANC cannot be read (unknown unit); an older normal ANC in the window does not satisfy the
+    pre-dose requirement: a labs-missing warning names the unreadable result, at order-sign and patient-view."""
+    unreadable = lab("anc", 0.4, "2026-11-20T09:00:00Z", oid="anc-newest")
+    unreadable["valueQuantity"].update(unit="bananas", code="bananas")
+    observations = [*normal_labs("2026-11-19T08:00:00Z"), unreadable]
+    signed = cards(engine, request(observations=observations, administrations=C1D1_GIVEN))
+    (missing,) = rule_cards(signed, "labs.missing")
+    assert missing["indicator"] == "warning" and "ANC" in missing["summary"]
+    assert "Observation/anc-newest" in missing["detail"] and "not usable" in missing["detail"]
+    viewed = cards(engine, request(observations=observations, administrations=C1D1_GIVEN, hook="patient-view"), VIEW)
+    (summary,) = [c for c in viewed if c["source"]["topic"]["code"] == "summary"]
+    assert "ANC" in summary["detail"] and "are on record" not in summary["detail"]
+    # Boundary: the same older result alone (no unreadable newer one) satisfies the requirement.
+    fine = cards(engine, request(observations=normal_labs("2026-11-19T08:00:00Z"), administrations=C1D1_GIVEN))
+    assert not rule_cards(fine, "labs.missing")
+
+
+def test_a_held_c1d1_still_names_the_skipped_step_up(engine: Engine) -> None:
+    """A C1D1 ordered at 10 mg with ANC 0.3: one critical hold card, which also says the step-up is skipped
+    (listed for the case the hold is overridden, without a dose button: the card's one action deletes)."""
+    anc_low = [*normal_labs(DRAWN)[1:], lab("anc", 0.3, DRAWN)]
+    (held,) = cards(engine, request(drafts=[tarlatamab_order(PLANNED, 10)], observations=anc_low))
+    assert held["indicator"] == "critical" and "lab-hold.anc" in card_rules(held)
+    overridden = held["detail"].partition("If the hold is overridden")[2]
+    assert "1 mg" in overridden and "C1D1" in overridden
+    assert [a["type"] for s in held["suggestions"] for a in s["actions"]] == ["delete"]
+
+
 def test_12_medication_identity_contained_prefetch_fetched_and_unidentifiable(engine: Engine) -> None:
     anc_low = [*normal_labs(DRAWN)[1:], lab("anc", 0.3, DRAWN)]
     contained = tarlatamab_order(PLANNED, 1)
@@ -205,7 +234,8 @@ def test_12_comparators_used_when_the_bound_decides_else_reported(engine: Engine
     # In the threshold's unit (10*3/uL = 10*9/L), plain text, never the raw UCUM code; Markdown-escaped in the detail.
     assert "<1.5 ×10⁹/L" in limit["summary"] and "10*3" not in limit["summary"]
     assert "\\<1.5 ×10⁹/L" in limit["detail"]
-    assert rule_cards(run(comparator_lab("alt", ">", 1000)), "lab-hold.hepatotoxicity-grade4")
+    (grade4,) = rule_cards(run(comparator_lab("alt", ">", 1000)), "lab-hold.hepatotoxicity-grade4")
+    assert ">25 × ULN" in grade4["summary"] or ">25.0 × ULN" in grade4["summary"]  # a bound stays a bound
     assert not rule_cards(run(comparator_lab("anc", ">", 1.5)), "data-quality.lab-limit")  # >1.5 is not below 1.0
 
 

@@ -34,8 +34,19 @@ def in_window(result: LabResult, start: date, now: datetime) -> bool:
 
 
 def latest_usable(results: Sequence[LabResult], start: date, now: datetime) -> LabResult | None:
-    """The newest final usable result in the window (results are newest first): satisfies a requirement."""
-    return next((r for r in results if r.final and in_window(r, start, now)), None)
+    """The newest final usable result in the window (results are newest first): satisfies a requirement.
+
+    None when a newer result in the window cannot be read: an older result never stands in for it silently
+    (clinical specification section 12); the requirement then shows as unmet, naming the unreadable result.
+    """
+    for r in results:
+        if not in_window(r, start, now):
+            continue
+        if r.final:
+            return r
+        if not r.usable:
+            return None
+    return None
 
 
 def latest_usable_any_date(results: Sequence[LabResult], now: datetime) -> LabResult | None:
@@ -241,11 +252,20 @@ def below_finding(
     )
 
 
+def _times_uln(result: LabResult, multiple: float, threshold: float) -> str:
+    """A multiple of ULN as the result states it: a limit keeps its comparator (ALT ">1000" -> ">25.0")."""
+    return f"{result.comparator or ''}{format_multiple(multiple, threshold)}"
+
+
+def _uln_evidence(result: LabResult, multiple: float, threshold: float) -> Evidence:
+    return result_evidence(result, f" = {_times_uln(result, multiple, threshold)} x ULN ({_uln_text(result)})")
+
+
 def _hepatic_line(result: LabResult, multiple: float, threshold: float) -> str:
     label = analyte_label(result.analyte)
     return (
         f"{label} {result_value(result)} on {result.local_date.isoformat()} = "
-        f"{format_multiple(multiple, threshold)} x ULN ({_uln_text(result)})"
+        f"{_times_uln(result, multiple, threshold)} x ULN ({_uln_text(result)})"
     )
 
 
@@ -276,13 +296,15 @@ def _graded_finding(
         rule_id,
         _order_id(order),
         {
-            "findings": ", ".join(f"{analyte_label(a)} {format_multiple(multiples[a], limits[a])} x ULN" for a in over),
+            "findings": ", ".join(
+                f"{analyte_label(a)} {_times_uln(r, multiples[a], limits[a])} x ULN" for a, r in over.items()
+            ),
             "details": "; ".join(_hepatic_line(r, multiples[a], limits[a]) for a, r in over.items()),
             "date": max(r.local_date for r in over.values()).isoformat(),
             **extra,
         },
         tuple(
-            result_evidence(r, f" = {format_multiple(multiples[a], limits[a])} x ULN ({_uln_text(r)})")
+            _uln_evidence(r, multiples[a], limits[a])
             for a, r in over.items()
         ),
         (SuggestionSpec("delete-order", order.resource_id),) if order is not None else (),
@@ -305,14 +327,14 @@ def _hys_law(results: dict[str, list[LabResult]], protocol: Protocol, order: Dra
         {
             "transaminase": analyte_label(top),
             "transaminase_value": result_value(top_result),
-            "transaminase_multiple": format_multiple(top_multiple, hys_t),
+            "transaminase_multiple": _times_uln(top_result, top_multiple, hys_t),
             "bilirubin_value": result_value(bili),
-            "bilirubin_multiple": format_multiple(bili_multiple, hys_b),
+            "bilirubin_multiple": _times_uln(bili, bili_multiple, hys_b),
             "date": ", ".join(sorted({top_result.local_date.isoformat(), bili.local_date.isoformat()})),
         },
         (
-            result_evidence(top_result, f" = {format_multiple(top_multiple, hys_t)} x ULN ({_uln_text(top_result)})"),
-            result_evidence(bili, f" = {format_multiple(bili_multiple, hys_b)} x ULN ({_uln_text(bili)})"),
+            _uln_evidence(top_result, top_multiple, hys_t),
+            _uln_evidence(bili, bili_multiple, hys_b),
         ),
         (SuggestionSpec("delete-order", order.resource_id),) if order is not None else (),
     )
