@@ -67,8 +67,15 @@ def test_unavailable_and_unusable_data_make_one_finding_each(protocol: Protocol)
 def test_unavailable_history_is_critical_dose_history_finding(protocol: Protocol) -> None:
     issues = (DataIssue("unavailable", "administrations", "EHR could not retrieve the history"),)
     findings = check_data_quality(_facts(issues, frozenset({"administrations"})), protocol, CTX)
-    assert [f.rule_id for f in findings] == ["data-quality.dose-history", "data-quality.unavailable"]
+    # One card per problem (issue 9, section 12 "once per request"): the critical dose-history card carries the
+    # history's issue; no second, generic "unavailable" card repeats it.
+    assert [f.rule_id for f in findings] == ["data-quality.dose-history"]
+    assert [e.value for e in findings[0].evidence] == ["EHR could not retrieve the history"]
     assert protocol.rule("data-quality.dose-history").indicator == "critical"
+    # Boundary: another dataset's issue still gets its own card beside it.
+    other = (*issues, DataIssue("unavailable", "observations", "EHR could not retrieve the labs"))
+    findings = check_data_quality(_facts(other, frozenset({"administrations", "observations"})), protocol, CTX)
+    assert [f.rule_id for f in findings] == ["data-quality.dose-history", "data-quality.unavailable"]
 
 
 def _cards(response: Any, topic: str) -> list[dict[str, Any]]:

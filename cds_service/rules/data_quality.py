@@ -17,7 +17,8 @@ def check_data_quality(facts: PatientFacts, protocol: Protocol, ctx: EvaluationC
     findings: list[Finding] = []
     history_issues = [i for i in facts.issues if i.dataset == "administrations"]
     unreliable = [i for i in history_issues if i.affects == "schedule position"]
-    if "administrations" in facts.unavailable or unreliable:
+    history_card = "administrations" in facts.unavailable or bool(unreliable)
+    if history_card:
         findings.append(
             Finding(
                 rule_id="data-quality.dose-history",
@@ -43,7 +44,12 @@ def check_data_quality(facts: PatientFacts, protocol: Protocol, ctx: EvaluationC
             )
         )
     for kind, rule_id in (("unavailable", "data-quality.unavailable"), ("unusable", "data-quality.unusable")):
-        issues = [i for i in facts.issues if i.kind == kind and i.severity != "critical"]
+        # One card per problem: what the dose-history card already shows is not repeated on a second card.
+        issues = [
+            i
+            for i in facts.issues
+            if i.kind == kind and i.severity != "critical" and not (history_card and i.dataset == "administrations")
+        ]
         if not issues:
             continue
         affected = sorted({i.affects or i.dataset for i in issues})
