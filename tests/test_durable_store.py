@@ -18,7 +18,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +26,11 @@ import pytest
 import requests
 from conftest import NOW, postgres_url
 from support_server_process import start_server
+from support_store import audit_entry
 
 from cds_service.app import create_app
-from cds_service.services import PREFETCH_KEYS
 from cds_service.settings import Settings
-from cds_service.store import AUDIT_RECOVERED, AuditEntry, AuditSpool, AuditWriter, Store, recover_spools
+from cds_service.store import AUDIT_RECOVERED, AuditSpool, AuditWriter, Store, recover_spools
 
 SIGN = "/cds-services/tarlatamab-order-sign"
 
@@ -42,20 +41,6 @@ def feedback_body(card: str, comment: str | None = None) -> dict[str, Any]:
         item["overrideReason"] = {"userComment": comment}
     return {"feedback": [item]}
 
-
-def audit_entry(**kw: Any) -> AuditEntry:
-    values: dict[str, Any] = {
-        "at": datetime.now(UTC),
-        "service_id": "tarlatamab-order-sign",
-        "hook_instance": str(uuid.uuid4()),
-        "patient_id": fb.PATIENT_ID,
-        "status": 200,
-        "evaluation_ms": 1.5,
-        "cards": ({"uuid": str(uuid.uuid4()), "rule": "dose.step-up-skipped", "topic": "dose", "indicator": "info"},),
-        "data_origin": dict.fromkeys(PREFETCH_KEYS, "prefetch"),
-    }
-    values.update(kw)
-    return AuditEntry(**values)
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ import orjson
 import pytest
 from conftest import NOW, postgres_url
 from sqlalchemy import inspect
+from support_store import audit_entry
 
 from cds_service.app import create_app
-from cds_service.services import PREFETCH_KEYS
 from cds_service.settings import Settings
 from cds_service.store import AuditEntry, AuditWriter, FeedbackItem, Store, StoreUnavailable
 
@@ -67,22 +67,6 @@ def item(card: str | None = None, **kw: Any) -> FeedbackItem:
 def rows_for(store: Store, cards: set[str]) -> list[dict[str, Any]]:
     return [r for r in store.feedback() if r["card_uuid"] in cards]
 
-
-def audit_entry(**kw: Any) -> AuditEntry:
-    values: dict[str, Any] = {
-        "at": datetime.now(UTC),
-        "service_id": "tarlatamab-order-sign",
-        "hook_instance": str(uuid.uuid4()),
-        "patient_id": fb.PATIENT_ID,
-        "status": 200,
-        "evaluation_ms": 12.3456,
-        "cards": (
-            {"uuid": str(uuid.uuid4()), "rule": "dose.step-up-skipped", "topic": "dose", "indicator": "critical"},
-        ),
-        "data_origin": dict.fromkeys(PREFETCH_KEYS, "prefetch"),
-    }
-    values.update(kw)
-    return AuditEntry(**values)
 
 
 # --- schema and configuration ----------------------------------------------------------------------------
