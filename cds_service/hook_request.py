@@ -36,8 +36,20 @@ class HookRequest:
         return self.service.hook
 
 
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+# Below this limit the walk recurses (bounded by the limit, ~3x faster than the explicit stack); above it, the
+# explicit stack keeps hostile input from reaching Python's recursion limit.
+_RECURSIVE_LIMIT = 128
+
+
 def json_depth_exceeds(value: Any, limit: int) -> bool:
-    """Whether a parsed JSON value nests deeper than `limit` (iterative: no recursion on hostile input)."""
+    """Whether a parsed JSON value nests deeper than `limit` (never recurses beyond `limit` levels)."""
+    if not _container(value):
+        return limit < 1
+    if limit < 1:
+        return True
+    if limit <= _RECURSIVE_LIMIT:
+        return _deeper(value, limit - 1)
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
@@ -47,6 +59,24 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
             stack.extend((child, depth + 1) for child in node.values() if isinstance(child, (dict, list)))
         elif isinstance(node, list):
             stack.extend((child, depth + 1) for child in node if isinstance(child, (dict, list)))
+    return False
+
+
+def _container(value: Any) -> bool:
+    cls = value.__class__
+    return cls is dict or cls is list or (cls not in _LEAVES and isinstance(value, (dict, list)))
+
+
+def _deeper(node: Any, remaining: int) -> bool:
+    """Whether a container has a container more than `remaining` levels below it."""
+    for child in node.values() if isinstance(node, dict) else node:
+        cls = child.__class__
+        if cls in _LEAVES:
+            continue
+        if (cls is dict or cls is list or isinstance(child, (dict, list))) and (
+            remaining == 0 or _deeper(child, remaining - 1)
+        ):
+            return True
     return False
 
 

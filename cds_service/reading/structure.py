@@ -301,57 +301,101 @@ def supports(resource_type: str) -> bool:
     return resource_type in RESOURCES
 
 
-# The walk below returns locations relative to the value checked and prefixes them on the way out, so that the
-# usual case (nothing wrong) builds no location at all.
+# The walk below is compiled once from the tables into one checker per element (no table look-ups per value).
+# Checkers return locations relative to the value checked, prefixed on the way out, so that the usual case
+# (nothing wrong) builds no location at all.
+
+Checker = Callable[[Any], "Problem | None"]
 
 
-def _value(datatype: str, value: Any) -> Problem | None:
-    primitive = PRIMITIVES.get(datatype)
-    if primitive is not None:
-        message = primitive(value)
+def _primitive_checker(message_of: Callable[[Any], str | None]) -> Checker:
+    def check(value: Any) -> Problem | None:
+        message = message_of(value)
         return None if message is None else ((), message)
-    if datatype == "Resource":
-        return _contained(value)
+
+    return check
+
+
+def _extension(value: Any) -> Problem | None:
     if value.__class__ is not dict:
-        return (), f"Expected a JSON object here ({datatype}), found {_json_type(value)}"
-    if datatype == "Extension":  # only its url is checked: the value of an extension is never read
-        url = value.get("url")
-        message = "An extension needs a url" if url is None else _uri(url)
-        return None if message is None else (("url",), message)
-    return _elements(datatype, COMPLEX[datatype], value, datatype in _BACKBONE)
+        return (), f"Expected a JSON object here (Extension), found {_json_type(value)}"
+    url = value.get("url")  # only its url is checked: the value of an extension is never read
+    message = "An extension needs a url" if url is None else _uri(url)
+    return None if message is None else (("url",), message)
 
 
-def _element(datatype: str, many: bool, value: Any, name: str) -> Problem | None:
-    if not many:
+def _list_of(name: str, item_check: Checker) -> Checker:
+    def check(value: Any) -> Problem | None:
+        if value.__class__ is not list:
+            return (), f"Expected a list here, found {_json_type(value)}"
+        for index, item in enumerate(value):
+            if item is None:
+                return (), f"null is not allowed as an element of {name}"
+            found = item_check(item)
+            if found is not None:
+                return (index, *found[0]), found[1]
+        return None
+
+    return check
+
+
+def _single(datatype: str, item_check: Checker, primitive: Callable[[Any], str | None] | None) -> Checker:
+    if primitive is not None:
+
+        def check_primitive(value: Any) -> Problem | None:
+            if value.__class__ is list:
+                return (), f"Expected a single {datatype} here, found a list"
+            message = primitive(value)
+            return None if message is None else ((), message)
+
+        return check_primitive
+
+    def check(value: Any) -> Problem | None:
         if value.__class__ is list:
             return (), f"Expected a single {datatype} here, found a list"
-        return _value(datatype, value)
-    if value.__class__ is not list:
-        return (), f"Expected a list here, found {_json_type(value)}"
-    for index, item in enumerate(value):
-        if item is None:
-            return (), f"null is not allowed as an element of {name}"
-        found = _value(datatype, item)
-        if found is not None:
-            return (index, *found[0]), found[1]
-    return None
+        return item_check(value)
+
+    return check
 
 
-def _elements(name: str, table: Table, value: Mapping[str, Any], backbone: bool) -> Problem | None:
-    """The first problem among the elements of a datatype (in the order written)."""
-    for key, item in value.items():
-        spec = table.get(key)
-        if spec is not None:
-            found = None if item is None else _element(spec[0], spec[1], item, key)
-        elif key == "extension" or (backbone and key == "modifierExtension"):
-            found = _element("Extension", True, item, key)
-        elif key == "id" or (key[:1] == "_" and key[1:] in table):
-            continue  # an element id or a primitive's extensions: never read
-        else:
-            return (key,), f"Unknown element (not part of the FHIR R4 {name})"
-        if found is not None:
-            return (key, *found[0]), found[1]
-    return None
+def _element_check(datatype: str, many: bool, name: str) -> Checker:
+    """The checker of one element: a single value of `datatype`, or a list of them (`many`)."""
+    item = _VALUE_CHECKS[datatype]
+    if many:
+        return _list_of(name, item)
+    return _single(datatype, item, PRIMITIVES.get(datatype))
+
+
+def _complex_checker(datatype: str, checks: dict[str, Checker]) -> Checker:
+    """The checker of a complex datatype; `checks` (its elements' checkers) is filled once all exist."""
+    table = COMPLEX[datatype]
+    backbone = datatype in _BACKBONE
+    extensions = _list_of("extension", _extension)
+    modifier_extensions = _list_of("modifierExtension", _extension)
+
+    def check(value: Any) -> Problem | None:
+        if value.__class__ is not dict:
+            return (), f"Expected a JSON object here ({datatype}), found {_json_type(value)}"
+        # The first problem among the elements of the datatype, in the order written.
+        for key, item in value.items():
+            element_check = checks.get(key)
+            if element_check is not None:
+                if item is None:
+                    continue
+                found = element_check(item)
+            elif key == "extension":
+                found = extensions(item)
+            elif backbone and key == "modifierExtension":
+                found = modifier_extensions(item)
+            elif key == "id" or (key[:1] == "_" and key[1:] in table):
+                continue  # an element id or a primitive's extensions: never read
+            else:
+                return (key,), f"Unknown element (not part of the FHIR R4 {datatype})"
+            if found is not None:
+                return (key, *found[0]), found[1]
+        return None
+
+    return check
 
 
 def _contained(value: Any) -> Problem | None:
@@ -362,29 +406,59 @@ def _contained(value: Any) -> Problem | None:
         return ("resourceType",), "A contained resource has no resourceType"
     if rtype != "Medication":
         return None  # not read
-    for key, (datatype, many) in COMPLEX["Medication"].items():
+    for key, check in _CONTAINED_MEDICATION:
         item = value.get(key)
-        found = None if item is None else _element(datatype, many, item, key)
+        found = None if item is None else check(item)
         if found is not None:
             return (key, *found[0]), found[1]
     return None
 
 
+# datatype -> the checker of one value. Complex datatypes refer to each other (Reference -> Identifier ->
+# Reference), so their checkers are made first and their element checkers filled in after.
+_VALUE_CHECKS: dict[str, Checker] = {name: _primitive_checker(check) for name, check in PRIMITIVES.items()}
+_VALUE_CHECKS["Resource"] = _contained
+_VALUE_CHECKS["Extension"] = _extension
+_ELEMENT_CHECKS: dict[str, dict[str, Checker]] = {name: {} for name in COMPLEX}
+_VALUE_CHECKS.update({name: _complex_checker(name, _ELEMENT_CHECKS[name]) for name in COMPLEX})
+for _name, _table in COMPLEX.items():
+    _ELEMENT_CHECKS[_name].update({key: _element_check(t, many, key) for key, (t, many) in _table.items()})
+
+_CONTAINED_MEDICATION = tuple(
+    (key, _element_check(datatype, many, key)) for key, (datatype, many) in COMPLEX["Medication"].items()
+)
+
+# (resource type, elements read) -> the checkers of those elements, in R4 element order. `read` is a frozenset
+# (its hash is cached), so the look-up costs one dict probe per resource.
+_PLANS: dict[tuple[str, Collection[str]], tuple[tuple[str, str, Checker], ...]] = {}
+
+
+def _plan(rtype: str, read: Collection[str]) -> tuple[tuple[str, str, Checker], ...]:
+    key = (rtype, read if isinstance(read, frozenset) else frozenset(read))
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = tuple(
+            (name, datatype, _element_check(datatype, many, name))
+            for name, (datatype, many) in RESOURCES[rtype].items()
+            if name in read
+        )
+        if len(_PLANS) < 256:  # a handful of read sets exist; never grows with the traffic
+            _PLANS[key] = plan
+    return plan
+
+
 def first_structure_problem(resource: Mapping[str, Any], read: Collection[str]) -> Problem | None:
     """(location, message) of the first problem among the elements `read` of a supported resource, or None."""
-    table = RESOURCES[str(resource.get("resourceType"))]
-    for key, (datatype, many) in table.items():
-        if key not in read:
-            continue
+    rtype = str(resource.get("resourceType"))
+    for key, datatype, check in _plan(rtype, read):
         item = resource.get(key)
         if item is None:
             if datatype == "not-r4" and key in resource:
                 return (key,), _not_r4(item)
             continue
-        found = _element(datatype, many, item, key)
+        found = check(item)
         if found is not None:
             return (key, *found[0]), found[1]
-    rtype = str(resource.get("resourceType"))
     for key in REQUIRED.get(rtype, ()):
         if key in read and resource.get(key) is None:
             return (key,), f"The required element {key} is missing"
