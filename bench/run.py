@@ -588,6 +588,13 @@ def evaluate(cases: list[dict[str, Any]], sizes: dict[str, dict[str, Any]], base
         }
         for size, c in service.items()
     }
+    # The service's own work per resource: its worker CPU minus the bare app's on the same bodies (receiving
+    # and parsing the body, which costs more per byte as bodies grow, whoever parses them).
+    for size, entry in per_resource.items():
+        bare_cpu = by.get(("bare", size), {}).get("worker_cpu_ms_per_request")
+        if bare_cpu is not None:
+            entry["bare_cpu_ms_per_resource"] = round(bare_cpu / entry["resources"], 4)
+            entry["own_cpu_ms_per_resource"] = round((entry["cpu_ms_per_request"] - bare_cpu) / entry["resources"], 4)
     ordered = [s for s in SIZES if s in per_resource]
     marginal = {}
     for a, b in pairwise(ordered):
@@ -620,6 +627,16 @@ def evaluate(cases: list[dict[str, Any]], sizes: dict[str, dict[str, Any]], base
             f"<= {LINEARITY_TOLERANCE:.2f} (flat or falling)",
             growth <= LINEARITY_TOLERANCE,
         )
+    for a, b in pairwise(ordered):
+        own_a, own_b = (per_resource[x].get("own_cpu_ms_per_resource") for x in (a, b))
+        if own_a and own_b:
+            growth = own_b / own_a
+            target(
+                f"own cost per resource {b} / {a} (service minus bare, worker CPU)",
+                round(growth, 3),
+                f"<= {LINEARITY_TOLERANCE:.2f} (flat or falling)",
+                growth <= LINEARITY_TOLERANCE,
+            )
     memory = by.get(("service-distinct", "M"), {}).get("memory_check")
     if memory:
         worst = max((abs(w["growth_pct"]) for w in memory["workers"]), default=None)

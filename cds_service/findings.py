@@ -15,7 +15,7 @@ SuggestionKind = Literal[
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Evidence:
     """One piece of data a rule used, as shown to the clinician: label, value with unit, date, resource."""
 
@@ -25,14 +25,14 @@ class Evidence:
     reference: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SuggestionSpec:
     kind: SuggestionKind
     order_id: str | None = None  # the draft tarlatamab MedicationRequest id this suggestion is about
     params: dict[str, object] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Finding:
     """The outcome of one rule for one order (or for the patient when `order_id` is None).
 

@@ -611,6 +611,8 @@ class AuditWriter:
         self._queue: queue.Queue[tuple[AuditEntry, int] | None] = queue.Queue(maxsize=max_queue)
         self._batch = batch
         self._thread: threading.Thread | None = None
+        self._thread_running = False
+        self._thread_pid: int | None = None
         self._lock = threading.Lock()
         self._stopping = False
         self._spool_folder = spool
@@ -666,15 +668,18 @@ class AuditWriter:
             self._spool = None
 
     def _ensure_thread(self) -> None:
-        # Started lazily: a thread created before gunicorn forks its workers would not survive the fork.
-        if self._thread is not None and self._thread.is_alive():
+        # Started lazily: a thread created before gunicorn forks its workers would not survive the fork. The
+        # flag and pid spare every request a Thread.is_alive() (a lock acquisition, costly under gevent).
+        if self._thread_running and self._thread_pid == os.getpid():
             return
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 if self._spool_folder is not None and self._spool_pid != os.getpid():
                     self._open_spool(self._spool_folder)
                 self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+                self._thread_running = True
                 self._thread.start()
+            self._thread_pid = os.getpid()
 
     def _open_spool(self, folder: Path) -> None:
         try:
@@ -688,6 +693,12 @@ class AuditWriter:
             self._spool_pid = os.getpid()
 
     def _run(self) -> None:
+        try:
+            self._write_loop()
+        finally:
+            self._thread_running = False
+
+    def _write_loop(self) -> None:
         while True:
             item = self._queue.get()
             stop = item is None and self._stopping

@@ -179,19 +179,22 @@ def lab_series(
     full = analyte in FULL_HISTORY_ANALYTES and treated_since is not None
     depth = FULL_READ_DEPTH if full else READ_DEPTH
     results: list[LabResult] = []
+    elements_read = read_elements(analyte, protocol)
     read = reported = 0
     settled = False
     for when, _, obs in dated:
-        result = lab_result(obs, analyte, when, protocol)
-        if result.effective <= now:
+        if when.moment <= now:
             if read >= depth or (settled and not full):
                 break
             if settled and treated_since is not None and when.local_date < treated_since:
                 break  # before the first dose: only the newest result counts (13.16), already read
+        result = lab_result(obs, analyte, when, protocol)
+        if result.effective <= now:
             read += 1
-            element = _problem_element(result, obs)
+            element = None
             if result.problem is None and not settled:
-                invalid = first_problem(obs_reading.without_view_keys(obs), read_elements(analyte, protocol))
+                # (the view keys of a panel component, "_component", are never read by the check)
+                invalid = first_problem(obs, elements_read)
                 if invalid is not None:
                     element, message = invalid
                     result = replace(
@@ -203,7 +206,7 @@ def lab_series(
                 continue
             if reported < ISSUE_DEPTH and not settled:
                 reported += 1
-                issues.append(_lab_issue(result, element))
+                issues.append(_lab_issue(result, element or _problem_element(result, obs)))
         results.append(result)
     return tuple(results)
 

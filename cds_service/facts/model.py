@@ -16,7 +16,7 @@ from ..reading.quantities import clean, decides_above, decides_below
 ToxicityKind = Literal["crs", "icans", "neurotox"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DataIssue:
     """Data the service could not obtain or interpret; becomes a `data-quality` card."""
 
@@ -30,7 +30,7 @@ class DataIssue:
     severity: Literal["critical", "warning"] = "warning"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Dose:
     """An amount of tarlatamab: `mg` is None when it could not be converted (see `problem`)."""
 
@@ -46,7 +46,7 @@ class Dose:
         return f"{self.raw_value} {self.raw_unit or '(no unit)'}".strip()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SchedulePosition:
     """Where a dose sits in the schedule.
 
@@ -76,7 +76,7 @@ class SchedulePosition:
         return self.label
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Administration:
     """A tarlatamab dose given: the records of one local date (split or interrupted infusions) taken as one.
 
@@ -106,7 +106,7 @@ class Administration:
         return ", ".join(f"MedicationAdministration/{i}" for i in ids)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DraftOrder:
     """A draft tarlatamab MedicationRequest of the request (draftOrders)."""
 
@@ -124,7 +124,7 @@ class DraftOrder:
     resource: dict[str, object] = field(default_factory=dict, compare=False, repr=False)  # for suggestions
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CompanionOrder:
     """A dexamethasone or sodium chloride MedicationRequest (draft in this request, or active)."""
 
@@ -142,7 +142,7 @@ class CompanionOrder:
     authored_on: date | None = None  # local date of authoredOn (covers a dose without timing, 13.1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LabResult:
     """One laboratory Observation, converted to the analyte's canonical unit."""
 
@@ -194,7 +194,7 @@ class LabResult:
         return decides_above(clean(self.value / self.uln), self.comparator, multiple)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GradePoint:
     """One recorded grade of a toxicity: a Condition, a grade Observation, or an ICE score."""
 
@@ -210,7 +210,7 @@ class GradePoint:
     exact: bool = False  # `at` carries a time and an offset
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ToxicityEpisode:
     """A distinct episode of CRS, ICANS or other neurologic toxicity."""
 
@@ -234,7 +234,7 @@ class ToxicityEpisode:
         return self.onset_date or self.onset.date()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PregnancyEvidence:
     status: Literal["pregnant", "not-pregnant"]
     at: datetime
@@ -244,7 +244,7 @@ class PregnancyEvidence:
     preliminary: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CodedCondition:
     reference: str
     display: str
@@ -253,7 +253,7 @@ class CodedCondition:
     onset: datetime | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PatientFacts:
     patient_id: str
     evaluation_time: datetime

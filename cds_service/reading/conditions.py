@@ -36,7 +36,7 @@ READ_ELEMENTS = frozenset(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ConditionStatus:
     active: bool
     onset: When | None

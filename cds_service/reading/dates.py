@@ -19,7 +19,7 @@ _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DATETIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class When:
     """A point in a record: the local date as written and, when a time and offset exist, the instant.
 

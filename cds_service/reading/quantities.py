@@ -27,6 +27,8 @@ def clean(x: float) -> float:
     """`x` rounded to 12 significant digits (conversion and ratio noise removed)."""
     if x == 0 or not math.isfinite(x):
         return x
+    if (x.__class__ is int or x.is_integer()) and -1e12 < x < 1e12:
+        return float(x)  # at most 12 digits already: nothing to round (and no string round trip)
     return float(f"{x:.{_SIGNIFICANT_DIGITS}g}")
 
 
@@ -77,7 +79,7 @@ def unit_factor(factors: Mapping[str, Any], quantity: Mapping[str, Any]) -> tupl
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Converted:
     """A Quantity converted with a unit table. `value` is None and `problem` says why when unusable.
 
@@ -109,6 +111,9 @@ def as_written(raw: Any) -> str:
 
 def convert(quantity: Any, factors: Mapping[str, Any], target: str = "") -> Converted:
     """Convert a FHIR Quantity dict with a unit -> factor table (`target` names the unit in problems)."""
+    fast = _convert_plain(quantity, factors)
+    if fast is not None:
+        return fast
     if not isinstance(quantity, Mapping):
         return Converted(None, None, None, None, "no value")
     raw = quantity.get("value")
@@ -129,6 +134,23 @@ def convert(quantity: Any, factors: Mapping[str, Any], target: str = "") -> Conv
         into = f" to {target}" if target else ""
         return Converted(None, comparator, raw_value, raw_unit, f"the unit '{raw_unit}' cannot be converted{into}")
     return Converted(clean(number * matched[0]), comparator, raw_value, raw_unit)
+
+
+def _convert_plain(quantity: Any, factors: Mapping[str, Any]) -> Converted | None:
+    """The common case, read without the general path: a finite number, no comparator, a code (already
+    trimmed) listed in the table. None for anything else: `convert` then reads it in full, with the same result."""
+    if quantity.__class__ is not dict or quantity.get("comparator") is not None:
+        return None
+    raw, code = quantity.get("value"), quantity.get("code")
+    if (raw.__class__ is not float and raw.__class__ is not int) or code.__class__ is not str:
+        return None
+    factor = factors.get(code)
+    if factor is None or not code or code.strip() != code or not math.isfinite(raw):
+        return None
+    unit = quantity.get("unit")
+    shown = unit.strip() if unit.__class__ is str else ""
+    number = float(raw)
+    return Converted(clean(number * float(factor)), None, number_text(number), shown or code)
 
 
 def decides_below(value: float, comparator: str | None, threshold: float) -> bool | None:
