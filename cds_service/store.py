@@ -615,6 +615,7 @@ class AuditWriter:
         self._thread_pid: int | None = None
         self._lock = threading.Lock()
         self._stopping = False
+        self._closing = threading.Event()
         self._spool_folder = spool
         self._spool: AuditSpool | None = None
         self._spool_pid: int | None = None
@@ -657,6 +658,7 @@ class AuditWriter:
             self._close_spool()
             return
         self._stopping = True
+        self._closing.set()
         with contextlib.suppress(queue.Full):
             self._queue.put(None, timeout=1)
         self._thread.join(timeout)
@@ -703,11 +705,13 @@ class AuditWriter:
             item = self._queue.get()
             stop = item is None and self._stopping
             batch = [item] if item is not None else []
-            deadline = time.monotonic() + (self._linger if item is not None and not self._stopping else 0.0)
+            if item is not None and not self._stopping and self._linger > 0 and self._queue.qsize() < self._batch - 1:
+                # Linger without taking entries one by one: a waiting get() would wake this thread (a GIL hand-off,
+                # or a gevent timer) on every request; close() cuts the wait short.
+                self._closing.wait(self._linger)
             while len(batch) < self._batch:
                 try:
-                    remaining = deadline - time.monotonic()
-                    more = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                    more = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if more is not None:
@@ -715,7 +719,6 @@ class AuditWriter:
                 else:
                     self._queue.task_done()
                     stop = stop or self._stopping
-                    deadline = 0.0  # closing: write now
             try:
                 if batch:
                     refused = self.store.write_audit([entry for entry, _ in batch])
