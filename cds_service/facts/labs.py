@@ -12,7 +12,8 @@ a Grade 4 or Hy's-law result after the first dose discontinues whatever later re
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any
 
@@ -22,7 +23,7 @@ from ..reading import observations as obs_reading
 from ..reading.codes import codings, concept_text
 from ..reading.dates import When
 from ..reading.quantities import convert
-from ..units import analyte_label, canonical_unit
+from ..units import analyte_label
 from .model import DataIssue, LabResult
 
 PREGNANCY_KEYS = ("pregnancy_status", "hcg_qualitative", "hcg_quantitative")
@@ -52,28 +53,52 @@ def convert_lab(protocol: Protocol, analyte: str, quantity: Any) -> Any:
     return convert(quantity, spec["factors"], str(spec["canonical"]))
 
 
-def _uln(obs: dict[str, Any], analyte: str, quantity: Any, protocol: Protocol) -> tuple[float | None, str]:
-    if analyte not in protocol.section("labs")["uln_defaults"]:
+@dataclass(frozen=True, slots=True)
+class AnalyteReading:
+    """What reading one analyte's results needs from the protocol, looked up once per analyte and request."""
+
+    analyte: str
+    factors: Mapping[str, Any]
+    canonical: str
+    uln_default: float | None
+    uses_uln: bool  # a rule reads a ULN for this analyte (others have absolute thresholds)
+
+    @classmethod
+    def of(cls, analyte: str, protocol: Protocol) -> AnalyteReading:
+        spec = protocol.section("units")[analyte]
+        defaults = protocol.section("labs")["uln_defaults"]
+        default = defaults.get(analyte)
+        return cls(
+            analyte=analyte,
+            factors=spec["factors"],
+            canonical=str(spec["canonical"]),
+            uln_default=float(default) if default is not None else None,
+            uses_uln=analyte in defaults,
+        )
+
+
+def _uln(obs: dict[str, Any], reading: AnalyteReading, quantity: Any) -> tuple[float | None, str]:
+    if not reading.uses_uln:
         return None, "none"  # no rule reads a ULN for this analyte (thresholds are absolute)
-    value_units = quantity if isinstance(quantity, dict) else {}
-    for ref in obs.get("referenceRange") if isinstance(obs.get("referenceRange"), list) else ():
-        high = ref.get("high") if isinstance(ref, dict) else None
-        if not isinstance(high, dict) or high.get("value") is None:
+    ranges = obs.get("referenceRange")
+    for ref in ranges if ranges.__class__ is list else ():
+        high = ref.get("high") if ref.__class__ is dict else None
+        if high.__class__ is not dict or high.get("value") is None:
             continue
-        if not any(isinstance(high.get(k), str) for k in ("unit", "code")):
+        if high.get("unit").__class__ is not str and high.get("code").__class__ is not str:
             # A range without a unit is written in the result's unit, as laboratories send it.
+            value_units = quantity if quantity.__class__ is dict else {}
             high = {
                 **high,
                 "unit": value_units.get("unit"),
                 "code": value_units.get("code"),
                 "system": value_units.get("system"),
             }
-        converted = convert_lab(protocol, analyte, high)
+        converted = convert(high, reading.factors, reading.canonical)
         if converted.value is not None and converted.comparator is None and converted.value > 0:
             return converted.value, "reference range"
-    default = protocol.section("labs")["uln_defaults"].get(analyte)
-    if default is not None:
-        return float(default), "default"
+    if reading.uln_default is not None:
+        return reading.uln_default, "default"
     return None, "none"
 
 
@@ -89,20 +114,21 @@ def _has_other_value(obs: dict[str, Any]) -> bool:
     return any(key.startswith("value") and key != "valueQuantity" for key in obs)
 
 
-def lab_result(obs: dict[str, Any], analyte: str, when: When, protocol: Protocol) -> LabResult:
+def lab_result(obs: dict[str, Any], analyte: str | AnalyteReading, when: When, protocol: Protocol) -> LabResult:
+    reading = analyte if isinstance(analyte, AnalyteReading) else AnalyteReading.of(analyte, protocol)
     quantity = obs.get("valueQuantity")
-    converted = convert_lab(protocol, analyte, quantity)
+    converted = convert(quantity, reading.factors, reading.canonical)
     problem = converted.problem
     if quantity is None:
         problem = _absent_reason(obs) or ("value is not a quantity" if _has_other_value(obs) else "no value")
-    uln, uln_source = _uln(obs, analyte, quantity, protocol)
+    uln, uln_source = _uln(obs, reading, quantity)
     return LabResult(
-        analyte=analyte,
+        analyte=reading.analyte,
         observation_id=str(obs.get("id", "?")),
         effective=when.moment,
         local_date=when.local_date,
         value=converted.value if problem is None else None,
-        unit=canonical_unit(protocol, analyte),
+        unit=reading.canonical,
         raw_value=converted.raw_value,
         raw_unit=converted.raw_unit,
         uln=uln,
@@ -180,6 +206,7 @@ def lab_series(
     depth = FULL_READ_DEPTH if full else READ_DEPTH
     results: list[LabResult] = []
     elements_read = read_elements(analyte, protocol)
+    reading = AnalyteReading.of(analyte, protocol)
     read = reported = 0
     settled = False
     for when, _, obs in dated:
@@ -188,7 +215,7 @@ def lab_series(
                 break
             if settled and treated_since is not None and when.local_date < treated_since:
                 break  # before the first dose: only the newest result counts (13.16), already read
-        result = lab_result(obs, analyte, when, protocol)
+        result = lab_result(obs, reading, when, protocol)
         if result.effective <= now:
             read += 1
             element = None
