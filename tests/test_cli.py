@@ -93,3 +93,22 @@ def test_console_script_entry_point_runs() -> None:
     )
     assert result.returncode == 0
     assert "dose.step-up-skipped" in result.stdout
+
+
+def test_worker_start_freezes_the_startup_heap_and_raises_the_young_threshold() -> None:
+    """Each gunicorn worker moves what it built at start out of the collector's reach and collects the young
+    generation only every GC_YOUNG_THRESHOLD surviving allocations (a request's objects die by reference
+    counting)."""
+    import gc
+
+    from cds_service import cli
+
+    before = gc.get_threshold()
+    try:
+        cli._freeze_startup_heap(None)
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (cli.GC_YOUNG_THRESHOLD, 10, 10)
+        assert before[0] < cli.GC_YOUNG_THRESHOLD
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
