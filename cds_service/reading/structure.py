@@ -348,13 +348,28 @@ def _single(datatype: str, item_check: Checker, primitive: Callable[[Any], str |
             message = primitive(value)
             return None if message is None else ((), message)
 
-        return check_primitive
+        return _with_fast_accept(datatype, check_primitive)
 
     def check(value: Any) -> Problem | None:
         if value.__class__ is list:
             return (), f"Expected a single {datatype} here, found a list"
         return item_check(value)
 
+    return check
+
+
+def _with_fast_accept(datatype: str, check: Checker) -> Checker:
+    """`check`, preceded by an inline test that accepts the usual valid value of the commonest primitives
+    (a value it accepts, `check` accepts too; anything else goes to `check`, which says what is wrong)."""
+    if datatype == "string":
+        return lambda value: None if value.__class__ is str and value else check(value)
+    if datatype == "uri":
+        return lambda value: None if value.__class__ is str else check(value)
+    if datatype == "code":
+        code = _CODE.fullmatch  # matches only a non-blank code without stray whitespace
+        return lambda value: None if value.__class__ is str and code(value) else check(value)
+    if datatype == "decimal":
+        return lambda value: None if value.__class__ is float or value.__class__ is int else check(value)
     return check
 
 
