@@ -55,10 +55,6 @@ def role_of(finding: Finding, protocol: Protocol) -> str:
     return "problem"
 
 
-def _rank(protocol: Protocol) -> dict[str, int]:
-    return {rule_id: i for i, rule_id in enumerate(protocol.rules)}
-
-
 def assemble(findings: Iterable[Finding], protocol: Protocol, hook: str) -> list[CardPlan]:
     """The cards of a request, in the order the findings' orders first appear (patient-level ones last)."""
     by_order: dict[str | None, list[Finding]] = {}
@@ -75,21 +71,21 @@ def assemble(findings: Iterable[Finding], protocol: Protocol, hook: str) -> list
 
 def order_cards(order_id: str, findings: list[Finding], protocol: Protocol, hook: str) -> list[CardPlan]:
     """The cards of one draft order (see the module docstring)."""
-    rank = _rank(protocol)
+    rank = protocol.rule_rank
     settings = protocol.data.get("card_set", {})
-    holds = [f for f in findings if role_of(f, protocol) == "hold"]
+    by_role: dict[str, list[Finding]] = {}
+    for f in findings:
+        by_role.setdefault(role_of(f, protocol), []).append(f)
+    holds = by_role.get("hold", [])
+    problems = by_role.get("problem", [])
     if holds:
         holds.sort(key=lambda f: (not protocol.rule(f.rule_id).permanent, rank.get(f.rule_id, len(rank))))
         dropped = {str(t) for t in settings.get("held_drops_topics", ())}
-        also = tuple(
-            f
-            for f in findings
-            if role_of(f, protocol) == "problem" and protocol.rule(f.rule_id).topic not in dropped
-        )
+        also = tuple(f for f in problems if protocol.rule(f.rule_id).topic not in dropped)
         return [CardPlan("held", tuple(_unique(holds)), also, order_id)]
-    cards = [CardPlan("single", (f,), order_id=order_id) for f in findings if role_of(f, protocol) == "problem"]
+    cards = [CardPlan("single", (f,), order_id=order_id) for f in problems]
     plan = sorted(
-        (f for f in findings if role_of(f, protocol) == "plan"),
+        by_role.get("plan", ()),
         key=lambda f: (protocol.rule(f.rule_id).topic != PLAN_TOPIC, rank.get(f.rule_id, len(rank))),
     )
     if plan:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .card_set import PLAN_TOPIC, CardPlan, assemble, plan_indicator
-from .card_text import TemplateData, plain_value, safe_value
+from .card_text import plain_value, safe_value, template_view
 from .findings import Evidence, Finding, SuggestionSpec
 from .protocol import INDICATORS, Protocol, RuleDef
 from .suggestions import SuggestionBuilder
@@ -74,7 +75,7 @@ class _Values(dict[str, Any]):
 
 
 def fill(template: str, values: dict[str, Any]) -> str:
-    return template.format_map(_Values(values)).strip()
+    return template.format_map(values if type(values) is _Values else _Values(values)).strip()
 
 
 def protocol_page_url(base_url: str, rule_id: str | None = None) -> str:
@@ -95,7 +96,11 @@ class CardRenderer:
     def __init__(self, protocol: Protocol, texts: CardTexts) -> None:
         self.protocol = protocol
         self.texts = texts
-        self._p = TemplateData(protocol.data)
+        self._p = template_view(protocol.data)
+        # Wording that depends only on the protocol and the card texts, filled on first use (never patient data).
+        self._texts_by_variant: dict[tuple[str, Any], dict[str, Any]] = {}
+        self._sources_lines: dict[tuple[str, ...], str] = {}
+        self._source_labels: dict[str, str] = {}
         self._links = [
             {"label": fill(link["label"], {}), "url": link["url"], "type": "absolute"}
             for link in texts.common.get("links", [])
@@ -192,16 +197,14 @@ class CardRenderer:
         lead_rule = self.protocol.rule(plan.lead.rule_id)
         indicator = max((plan_indicator(f, self.protocol, hook) for f in plan.findings), key=_INDICATOR_RANK.get)
         lines = []
-        for finding in plan.findings:
+        values = [self._values(finding, hook) for finding in plan.findings]  # the lead's first
+        for finding, finding_values in zip(plan.findings, values, strict=True):
             text = self._text(finding)
-            lines.append("- " + fill(text.get("plan", text["summary"]), self._values(finding, hook)))
+            lines.append("- " + fill(text.get("plan", text["summary"]), finding_values))
         if not any(self.protocol.rule(f.rule_id).topic == "administration" for f in plan.findings):
-            lines.append("- " + fill(texts["infusion_line"], {"p": self._p}))
-        lead_values = self._values(plan.lead, hook)
-        parts = [fill(texts["intro"], lead_values) + "\n\n" + "\n".join(lines)]
-        evidence: list[Evidence] = []
-        for finding in plan.findings:
-            evidence.extend(e for e in finding.evidence if e not in evidence)
+            lines.append(self._infusion_line)
+        parts = [fill(texts["intro"], values[0]) + "\n\n" + "\n".join(lines)]
+        evidence = dict.fromkeys(e for finding in plan.findings for e in finding.evidence)
         parts.append(self._evidence_block(evidence))
         parts.append(self._sources_line([self.protocol.rule(f.rule_id) for f in plan.findings]))
         card = self._card(
@@ -213,6 +216,10 @@ class CardRenderer:
         return card
 
     # --- pieces ------------------------------------------------------------------------------------
+    @cached_property
+    def _infusion_line(self) -> str:
+        return "- " + fill(self.texts.common["plan_card"]["infusion_line"], {"p": self._p})
+
     def _card(
         self,
         identity: str,
@@ -223,14 +230,13 @@ class CardRenderer:
         topic: str,
         base: str,
     ) -> dict[str, Any]:
-        common = self.texts.common
         card: dict[str, Any] = {
             "uuid": str(uuid.uuid5(_UUID_NAMESPACE, identity)),
             "summary": summary,
             "indicator": indicator,
             "detail": "\n\n".join(p for p in parts if p),
             "source": {
-                "label": fill(common["source_label"], {"version": self.protocol.version, "rule_id": rule.id}),
+                "label": self._source_label(rule),
                 "url": protocol_page_url(base, rule.id),
                 "topic": {"system": TOPIC_SYSTEM, "code": topic, "display": topic},
             },
@@ -239,21 +245,34 @@ class CardRenderer:
             card["links"] = list(self._links)
         return card
 
+    def _source_label(self, rule: RuleDef) -> str:
+        label = self._source_labels.get(rule.id)
+        if label is None:
+            values = {"version": self.protocol.version, "rule_id": rule.id}
+            label = self._source_labels[rule.id] = fill(self.texts.common["source_label"], values)
+        return label
+
     def _text(self, finding: Finding) -> dict[str, Any]:
-        text = self.texts.for_rule(finding.rule_id)
+        """The wording of a finding's rule, its variant's entries merged in (shared: never modify it)."""
         variant = finding.values.get("variant")
-        if variant is not None:
+        if variant is None:
+            return self.texts.for_rule(finding.rule_id)
+        key = (finding.rule_id, variant)
+        text = self._texts_by_variant.get(key)
+        if text is None:
+            text = self.texts.for_rule(finding.rule_id)
             try:
                 text = {**text, **text["variants"][variant]}
             except KeyError as exc:
                 raise CardTextError(f"no card wording for variant {variant!r} of {finding.rule_id}") from exc
+            self._texts_by_variant[key] = text  # keys are variant names of cards/*.yaml (looked up above)
         return text
 
     def _values(self, finding: Finding, hook: str, markdown: bool = True) -> dict[str, Any]:
         """The template values of a finding: every record-derived value made safe (escaped for Markdown, or
         plain for a card's summary), protocol data as `p`."""
         safe = safe_value if markdown else plain_value
-        values: dict[str, Any] = {k: safe(v) for k, v in finding.values.items() if k != "variant"}
+        values: dict[str, Any] = _Values({k: safe(v) for k, v in finding.values.items() if k != "variant"})
         values["p"] = self._p
         text = self._text(finding)
         plural = self.texts.common["count_words"]
@@ -298,6 +317,13 @@ class CardRenderer:
 
     def _sources_line(self, rules: list[RuleDef]) -> str:
         """"Source: IMDELLTRA prescribing information, section 2.2; institutional protocol v…, rule <id>"."""
+        key = tuple(r.id for r in rules)
+        line = self._sources_lines.get(key)
+        if line is None:
+            line = self._sources_lines[key] = self._new_sources_line(rules)
+        return line
+
+    def _new_sources_line(self, rules: list[RuleDef]) -> str:
         common = self.texts.common
         parts = []
         labels = list(dict.fromkeys(r.label for r in rules if r.label))

@@ -89,6 +89,11 @@ class Protocol:
 
     # Lookups precomputed once for the request path ------------------------------------------------
     @cached_property
+    def rule_rank(self) -> dict[str, int]:
+        """Rule id -> its position in the protocol file (the order cards list findings in)."""
+        return {rule_id: i for i, rule_id in enumerate(self.rules)}
+
+    @cached_property
     def analyte_by_loinc(self) -> dict[str, str]:
         """LOINC code -> analyte key (anc, hemoglobin, ..., pregnancy_status, breastfeeding)."""
         out: dict[str, str] = {}

@@ -351,3 +351,51 @@ def test_escalated_monitoring_makes_the_plan_card_a_warning_in_both_hooks(client
     assert "extended 22-24 h monitoring after Grade 2" in plan["summary"]
     assert "instead of the observation for 3-4 hours" in plan["detail"] and "250 mL/h" in plan["detail"]
     assert plan["overrideReasons"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "2026-11-20",
+        "MedicationRequest/pt-1-tarla-order-C1D1",
+        "Infusion rate and duration on the order",
+        "0.6 10*9/L",
+        "0.6 10 ^ 3 / mm3",
+        "12 K/uL",
+        "140 meq/L",
+        "5 ug/dL",
+        "3xULN",
+        "eGFR 25 mL/min/1.73m2",
+        "1 [IU]/L",
+        "a  b",
+        "\ttabbed\t",
+        " padded ",
+        "zero\u200bwidth",
+        "caf\u0065\u0301",
+        "www.example.org",
+        "WWW.EXAMPLE.ORG",
+        "data:text/html",
+        "+ plus",
+        "= equals",
+        "12) item",
+        "<b>bold</b> & *em* _u_ `c` | ~ $ ! #",
+        "x" * 900,
+        "word " * 200,
+    ],
+)
+def test_safe_value_fast_paths_match_the_full_transformation(raw: str) -> None:
+    """Plain ASCII text skips normalising, unit patterns without their literal and escapes with nothing to
+    escape: the result is the one of applying every step to every value."""
+    import unicodedata
+
+    from cds_service import card_text as ct
+
+    text = ct._SPACE.sub(" ", ct._CONTROL.sub("", unicodedata.normalize("NFC", raw[:800]))).strip()
+    if len(text) > 200:
+        text = text[:199].rstrip() + "…"
+    for _, pattern, replacement in ct._UNIT_REWRITES:
+        text = pattern.sub(replacement, text)
+    text = ct._MARKDOWN_SPECIAL.sub(r"\\\1", text)
+    text = ct._BARE_LINK.sub(lambda m: f"{m.group(1) or m.group(3)}\\{m.group(2) or m.group(4)}", text)
+    text = ct._BLOCK_START.sub(lambda m: m.group(1)[:-1] + "\\" + m.group(1)[-1], text)
+    assert safe_value(raw) == text

@@ -180,3 +180,23 @@ def test_readme_shows_the_prefetch_templates_the_service_advertises(protocol: Pr
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     for key, template in prefetch_templates(protocol).items():
         assert f'"{key}": "{template}"' in readme, f"README prefetch template for {key} is stale"
+
+
+def test_template_view_shows_what_template_data_shows(protocol: Protocol) -> None:
+    from collections.abc import Mapping
+
+    from cds_service.card_text import TemplateData, template_view
+
+    def leaves(data: Mapping[str, object], path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+        out = []
+        for key, value in data.items():
+            out.extend(leaves(value, (*path, key)) if isinstance(value, Mapping) else [(*path, key)])
+        return out
+
+    view, data = template_view(protocol.data), TemplateData(protocol.data)
+    for path in leaves(protocol.data):
+        a: object = view
+        b: object = data
+        for key in path:
+            a, b = a[key], b[key]  # type: ignore[index]
+        assert a == b and type(a) is type(b), path
