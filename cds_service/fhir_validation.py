@@ -91,10 +91,10 @@ def configure_cache(size: int) -> None:
         _validation_cache.clear()
 
 
-def _problems(resource: dict[str, Any]) -> tuple[Problem, ...]:
+def _problems(resource: dict[str, Any], depth_checked: bool = False) -> tuple[Problem, ...]:
     if VALIDATION_CACHE_SIZE == 0:
         cache_stats["misses"] += 1
-        return _validate(resource)
+        return _validate(resource, depth_checked)
     key = _digest(resource)
     if key is not None:
         cached = _validation_cache.get(key)
@@ -102,7 +102,7 @@ def _problems(resource: dict[str, Any]) -> tuple[Problem, ...]:
             cache_stats["hits"] += 1
             return cached
     cache_stats["misses"] += 1
-    found = _validate(resource)
+    found = _validate(resource, depth_checked)
     if key is not None:
         with _cache_lock:
             if len(_validation_cache) >= VALIDATION_CACHE_SIZE:
@@ -111,11 +111,11 @@ def _problems(resource: dict[str, Any]) -> tuple[Problem, ...]:
     return found
 
 
-def _validate(resource: dict[str, Any]) -> tuple[Problem, ...]:
+def _validate(resource: dict[str, Any], depth_checked: bool = False) -> tuple[Problem, ...]:
     rtype = resource.get("resourceType")
     if not isinstance(rtype, str):
         return (("The resource has no resourceType", "required", ("resourceType",)),)
-    if json_depth_exceeds(resource, MAX_RESOURCE_DEPTH):
+    if not depth_checked and json_depth_exceeds(resource, MAX_RESOURCE_DEPTH):
         return ((f"The resource nests deeper than {MAX_RESOURCE_DEPTH} levels", "too-costly", ()),)
     try:
         cls = model_class(rtype)
@@ -161,7 +161,7 @@ def first_problem(resource: dict[str, Any], read: Collection[str] | None = None)
             found = structure.first_structure_problem(resource, read)
             return None if found is None else (_path(rtype, found[0]), found[1])
         resource = {k: v for k, v in resource.items() if k in read or k == "resourceType"}
-    for message, _, loc in _problems(resource):
+    for message, _, loc in _problems(resource, depth_checked=read is not None):
         if read is not None and loc and loc[0] not in read and loc[0] != "resource_type":
             continue
         return _path(rtype, loc), message
