@@ -64,6 +64,36 @@ class RuleDef:
         return "".join(f"[{s}]" for s in self.sources)
 
 
+LIVER_ANALYTES = ("alt", "ast", "bilirubin")
+
+
+@dataclass(frozen=True)
+class LiverLimits:
+    """The liver thresholds of `labs.thresholds` in multiples of ULN, analyte (alt, ast, bilirubin) -> limit."""
+
+    grade3: dict[str, float]
+    grade4: dict[str, float]
+    resume: dict[str, float]
+    hys: dict[str, float]  # Hy's law: both a transaminase and bilirubin above their limits
+    discontinuation_floor: dict[str, float]  # the lower of the Grade 4 and Hy's-law limits
+
+
+def _liver_limits(thresholds: dict[str, Any]) -> LiverLimits:
+    def by_analyte(transaminase_key: str, bilirubin_key: str) -> dict[str, float]:
+        transaminase = float(thresholds[transaminase_key])
+        return {"alt": transaminase, "ast": transaminase, "bilirubin": float(thresholds[bilirubin_key])}
+
+    grade4 = by_analyte("transaminase_grade4_uln", "bilirubin_grade4_uln")
+    hys = by_analyte("hys_transaminase_uln", "hys_bilirubin_uln")
+    return LiverLimits(
+        grade3=by_analyte("transaminase_grade3_uln", "bilirubin_grade3_uln"),
+        grade4=grade4,
+        resume=by_analyte("resume_transaminase_uln", "resume_bilirubin_uln"),
+        hys=hys,
+        discontinuation_floor={a: min(grade4[a], hys[a]) for a in LIVER_ANALYTES},
+    )
+
+
 @dataclass(frozen=True)
 class Protocol:
     data: dict[str, Any]
@@ -101,6 +131,10 @@ class Protocol:
             for code in codes:
                 out[str(code)] = analyte
         return out
+
+    @cached_property
+    def liver_limits(self) -> LiverLimits:
+        return _liver_limits(self.data["labs"]["thresholds"])
 
     @cached_property
     def local_observation_kinds(self) -> dict[str, str]:

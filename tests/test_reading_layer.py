@@ -16,7 +16,7 @@ from cds_service.reading.codes import ndc_products
 from cds_service.reading.conditions import condition_status
 from cds_service.reading.dates import after, read_when, site_date, site_zone
 from cds_service.reading.medications import MedicationIndex, build_catalog, catalog_key, unresolved_reference
-from cds_service.reading.quantities import UCUM, convert, decides_above, decides_below
+from cds_service.reading.quantities import UCUM, clean, clean_near, convert, decides_above, decides_below
 from cds_service.settings import Settings
 
 NDC = "http://hl7.org/fhir/sid/ndc"
@@ -100,6 +100,17 @@ def test_comparators_are_used_only_when_the_bound_decides(
 ) -> None:
     assert decides_below(value, comparator, threshold) is below
     assert decides_above(value, comparator, threshold) is above
+
+
+@pytest.mark.parametrize("limit", [0.0, 1.5, 2.0, 3.0, 5.0, 20.0])
+def test_clean_near_compares_with_its_limit_as_clean_does(limit: float) -> None:
+    near = [limit * (1 + k * 1e-12) for k in range(-20, 21)] + [limit + k * 1e-13 for k in range(-5, 6)]
+    ratios = [200 / 40, 51.3 / 17.1, 60 / 40 * 2, 0.1 + 0.2, *near, limit * 1.0001, limit * 0.9999, 1e6, 0.0]
+    for ratio in ratios:
+        for comparator in (None, "<", "<=", ">", ">="):
+            assert decides_above(clean_near(ratio, limit), comparator, limit) is decides_above(
+                clean(ratio), comparator, limit
+            ), (ratio, comparator)
 
 
 def test_a_comparator_is_kept_with_its_bound_and_an_unknown_one_is_unusable() -> None:

@@ -7,11 +7,13 @@ are kept with a `problem` (never dropped, never read as normal).
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Literal
+from functools import cached_property
+from typing import Any, Literal
 
-from ..reading.quantities import clean, decides_above, decides_below
+from ..reading.quantities import clean_near, decides_above, decides_below
 
 ToxicityKind = Literal["crs", "icans", "neurotox"]
 
@@ -189,9 +191,10 @@ class LabResult:
 
     def above_uln(self, multiple: float) -> bool | None:
         """Whether the result is above `multiple` x ULN; None when unusable, without ULN, or undecided."""
-        if not self.usable or self.value is None or not self.uln:
+        value, uln = self.value, self.uln
+        if value is None or self.problem is not None or not uln:  # not usable, or no ULN
             return None
-        return decides_above(clean(self.value / self.uln), self.comparator, multiple)
+        return decides_above(clean_near(value / uln, multiple), self.comparator, multiple)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +276,12 @@ class PatientFacts:
     issues: tuple[DataIssue, ...] = ()
     unavailable: frozenset[str] = frozenset()  # datasets that could not be obtained at all
     today: date | None = None  # the evaluation time's local date in the site time zone
+
+    @cached_property
+    def derived(self) -> dict[Hashable, Any]:
+        """What the rules derive from these facts and several rules read (e.g. the expected dose of a date):
+        computed once per facts object, so per request; a `replace`d copy starts empty."""
+        return {}
 
     def age_on(self, day: date) -> int | None:
         if self.birth_date is None:

@@ -32,6 +32,19 @@ def clean(x: float) -> float:
     return float(f"{x:.{_SIGNIFICANT_DIGITS}g}")
 
 
+# Relative distance from a limit beyond which `clean` (which moves a number by less than 1e-11 of itself)
+# cannot change how the number compares with that limit.
+_CLEAN_MARGIN = 1e-9
+
+
+def clean_near(x: float, limit: float) -> float:
+    """`x` as `clean` gives it wherever it matters for comparing it with `limit`: rounded only when close to
+    the limit (the rounding is the costly part; far from the limit the comparison is the same without it)."""
+    if abs(x - limit) <= _CLEAN_MARGIN * abs(limit):
+        return clean(x)
+    return x
+
+
 def number_text(value: float) -> str:
     """A number as a clinician writes it (10, 0.5, 1000)."""
     if isinstance(value, float) and value.is_integer():

@@ -19,7 +19,7 @@ from datetime import date, datetime, timedelta
 
 from ..facts import Administration, DraftOrder, LabResult, PatientFacts
 from ..findings import Evidence, Finding, SuggestionSpec
-from ..protocol import Protocol
+from ..protocol import LIVER_ANALYTES, Protocol
 from ..units import analyte_label, clean, format_multiple, format_quantity, unit_display
 from . import EvaluationContext
 
@@ -107,21 +107,19 @@ def why_missing(results: Sequence[LabResult], start: date, now: datetime) -> tup
 
 def _missing_finding(
     rule_id: str,
-    analytes: Sequence[str],
+    unmet: Sequence[str],
     orderables: Sequence[str],
     facts: PatientFacts,
     order: DraftOrder,
-    protocol: Protocol,
+    start: date,
     ctx: EvaluationContext,
-) -> Finding | None:
-    start = window_start(order, protocol)
+) -> Finding:
+    """The finding naming the analytes `unmet` (without a usable result in the window) and why."""
     missing: list[str] = []
     reasons: list[str] = []
     evidence: list[Evidence] = []
-    for analyte in analytes:
+    for analyte in unmet:
         results = facts.labs.get(analyte, ())
-        if latest_usable(results, start, ctx.now) is not None:
-            continue
         label = analyte_label(analyte)
         reason, result = why_missing(results, start, ctx.now)
         missing.append(label)
@@ -134,8 +132,6 @@ def _missing_finding(
                 reference=f"Observation/{result.observation_id}" if result else None,
             )
         )
-    if not missing:
-        return None
     suggestions = tuple(
         SuggestionSpec("create-lab", order.resource_id, {"orderable": orderable}) for orderable in orderables
     )
@@ -153,33 +149,29 @@ def _missing_finding(
     )
 
 
-def _panels_missing(facts: PatientFacts, start: date, now: datetime, protocol: Protocol) -> list[str]:
-    panels = protocol.section("labs")["required"]
-    return [
-        panel
-        for panel, analytes in panels.items()
-        if any(latest_usable(facts.labs.get(a, ()), start, now) is None for a in analytes)
-    ]
-
-
 def check_required_labs(
     facts: PatientFacts, order: DraftOrder, protocol: Protocol, ctx: EvaluationContext
 ) -> list[Finding]:
     labs = protocol.section("labs")
-    orderables = protocol.section("orderables")
     start = window_start(order, protocol)
-    findings: list[Finding] = []
-    required = [a for analytes in labs["required"].values() for a in analytes]
-    panel_orderables = protocol.section("labs")["panel_orderables"]
-    panels = [
+    panels: dict[str, list[str]] = labs["required"]
+    unmet = {
+        a
+        for analytes in panels.values()
+        for a in analytes
+        if latest_usable(facts.labs.get(a, ()), start, ctx.now) is None
+    }
+    if not unmet:
+        return []
+    orderables = protocol.section("orderables")
+    panel_orderables = labs["panel_orderables"]
+    to_order = [
         panel_orderables[p]
-        for p in _panels_missing(facts, start, ctx.now, protocol)
-        if panel_orderables.get(p) in orderables
+        for p, analytes in panels.items()
+        if unmet.intersection(analytes) and panel_orderables.get(p) in orderables
     ]
-    finding = _missing_finding("labs.missing", required, panels, facts, order, protocol, ctx)
-    if finding is not None:
-        findings.append(finding)
-    return findings
+    required_unmet = [a for analytes in panels.values() for a in analytes if a in unmet]
+    return [_missing_finding("labs.missing", required_unmet, to_order, facts, order, start, ctx)]
 
 
 # --- holds -------------------------------------------------------------------------------------------
@@ -236,12 +228,12 @@ def below_finding(
     candidates = governing(facts.labs.get(analyte, ()), start, ctx.now)
     decisions = [(r, r.below(threshold)) for r in candidates]
     low = next((r for r, below in decisions if below), None)
-    unit = unit_display(candidates[0].unit) if candidates else ""
     if low is None:
         undecided = next((r for r, below in decisions if below is None), None)
         if undecided is not None:
-            return lab_limit(undecided, f"below {threshold:g} {unit}", order)
+            return lab_limit(undecided, f"below {threshold:g} {unit_display(candidates[0].unit)}", order)
         return None
+    unit = unit_display(candidates[0].unit)
     critical = protocol.rule(rule_id).indicator == "critical"
     return Finding(
         rule_id,
@@ -269,22 +261,15 @@ def _hepatic_line(result: LabResult, multiple: float, threshold: float) -> str:
     )
 
 
-def _limits(protocol: Protocol, grade: str) -> dict[str, float]:
-    t = protocol.section("labs")["thresholds"]
-    return {
-        "alt": float(t[f"transaminase_{grade}_uln"]),
-        "ast": float(t[f"transaminase_{grade}_uln"]),
-        "bilirubin": float(t[f"bilirubin_{grade}_uln"]),
-    }
-
-
 def _over(results: dict[str, list[LabResult]], limits: dict[str, float]) -> dict[str, LabResult]:
     """analyte -> the first result above its limit x ULN."""
     out: dict[str, LabResult] = {}
     for analyte, candidates in results.items():
-        hit = next((r for r in candidates if r.above_uln(limits[analyte])), None)
-        if hit is not None:
-            out[analyte] = hit
+        limit = limits[analyte]
+        for r in candidates:
+            if r.above_uln(limit):
+                out[analyte] = r
+                break
     return out
 
 
@@ -312,12 +297,14 @@ def _graded_finding(
 
 
 def _hys_law(results: dict[str, list[LabResult]], protocol: Protocol, order: DraftOrder | None) -> Finding | None:
-    t = protocol.section("labs")["thresholds"]
-    hys_t, hys_b = float(t["hys_transaminase_uln"]), float(t["hys_bilirubin_uln"])
-    transaminases = _over({a: results.get(a, []) for a in ("alt", "ast")}, {"alt": hys_t, "ast": hys_t})
-    bilirubin = _over({"bilirubin": results.get("bilirubin", [])}, {"bilirubin": hys_b})
-    if not transaminases or not bilirubin:
+    limits = protocol.liver_limits.hys
+    bilirubin = _over({"bilirubin": results.get("bilirubin", [])}, limits)
+    if not bilirubin:
         return None
+    transaminases = _over({a: results.get(a, []) for a in ("alt", "ast")}, limits)
+    if not transaminases:
+        return None
+    hys_t, hys_b = limits["alt"], limits["bilirubin"]
     top = max(transaminases, key=lambda a: multiple_of_uln(transaminases[a]) or 0.0)
     top_result, bili = transaminases[top], bilirubin["bilirubin"]
     top_multiple, bili_multiple = multiple_of_uln(top_result) or 0.0, multiple_of_uln(bili) or 0.0
@@ -351,13 +338,20 @@ def dated_after(result: LabResult, dose: Administration) -> bool:
     return result.local_date > dose.local_date
 
 
-def _liver_by_date(facts: PatientFacts, now: datetime, after: Administration) -> list[dict[str, list[LabResult]]]:
-    """Usable liver results dated after a dose, grouped by local date (oldest first)."""
+def _liver_by_date(
+    facts: PatientFacts, now: datetime, after: Administration, floor: dict[str, float] | None = None
+) -> list[dict[str, list[LabResult]]]:
+    """Usable liver results dated after a dose, grouped by local date (oldest first); with `floor`, only the
+    results above their analyte's floor x ULN."""
     days: dict[date, dict[str, list[LabResult]]] = {}
-    for analyte in ("alt", "ast", "bilirubin"):
+    for analyte in LIVER_ANALYTES:
+        limit = floor[analyte] if floor is not None else None
         for r in facts.labs.get(analyte, ()):
-            if r.usable and r.effective <= now and dated_after(r, after):
-                days.setdefault(r.local_date, {}).setdefault(analyte, []).append(r)
+            if limit is not None and not r.above_uln(limit):  # first: rejects most results, and any unusable one
+                continue
+            if not (r.usable and r.effective <= now and dated_after(r, after)):
+                continue
+            days.setdefault(r.local_date, {}).setdefault(analyte, []).append(r)
     return [days[d] for d in sorted(days)]
 
 
@@ -368,9 +362,12 @@ def _persistent_discontinuation(
     given = _given(facts)
     if not given:
         return []
-    grade4 = _limits(protocol, "grade4")
+    limits = protocol.liver_limits
+    grade4 = limits.grade4
     found: dict[str, Finding] = {}
-    for day in _liver_by_date(facts, ctx.now, given[0]):
+    # A result at or below the lower of its Grade 4 and Hy's-law limits takes part in neither decision (a
+    # result above a limit is above every lower one): only the days with a result above it are looked at.
+    for day in _liver_by_date(facts, ctx.now, given[0], limits.discontinuation_floor):
         over = _over(day, grade4)
         if over:
             rule_id = "lab-hold.hepatotoxicity-grade4"
@@ -389,13 +386,7 @@ def _persistent_grade3(
     given = _given(facts)
     if not given:
         return None
-    grade3 = _limits(protocol, "grade3")
-    t = protocol.section("labs")["thresholds"]
-    resume = {
-        "alt": float(t["resume_transaminase_uln"]),
-        "ast": float(t["resume_transaminase_uln"]),
-        "bilirubin": float(t["resume_bilirubin_uln"]),
-    }
+    grade3, resume = protocol.liver_limits.grade3, protocol.liver_limits.resume
     days = _liver_by_date(facts, ctx.now, given[-1])
     for index in range(len(days) - 1, -1, -1):
         over = _over(days[index], grade3)
@@ -413,9 +404,9 @@ def _persistent_grade3(
 def hepatic_findings(
     facts: PatientFacts, order: DraftOrder | None, protocol: Protocol, ctx: EvaluationContext, start: date | None
 ) -> list[Finding]:
-    current = {a: governing(facts.labs.get(a, ()), start, ctx.now) for a in ("alt", "ast", "bilirubin")}
+    current = {a: governing(facts.labs.get(a, ()), start, ctx.now) for a in LIVER_ANALYTES}
     given = _given(facts)
-    grade4, grade3 = _limits(protocol, "grade4"), _limits(protocol, "grade3")
+    grade4, grade3 = protocol.liver_limits.grade4, protocol.liver_limits.grade3
     findings: dict[str, Finding] = {}
     over4 = _over(current, grade4)
     hys = _hys_law(current, protocol, order)

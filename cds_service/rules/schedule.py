@@ -75,8 +75,18 @@ def expected_dose(facts: PatientFacts, planned_date: date, protocol: Protocol) -
     """The expected position and dose of a dose planned for `planned_date`.
 
     None when the administration history is unavailable (`"administrations" in facts.unavailable`):
-    callers then must not assume any position.
+    callers then must not assume any position. Most order rules ask for it: computed once per facts object.
     """
+    key = ("expected_dose", planned_date)
+    known: tuple[Protocol, ExpectedDose | None] | None = facts.derived.get(key)
+    if known is not None and known[0] is protocol:
+        return known[1]
+    expected = _expected_dose(facts, planned_date, protocol)
+    facts.derived[key] = (protocol, expected)
+    return expected
+
+
+def _expected_dose(facts: PatientFacts, planned_date: date, protocol: Protocol) -> ExpectedDose | None:
     if "administrations" in facts.unavailable:
         return None
     doses = protocol.section("doses")
