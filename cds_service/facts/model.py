@@ -256,7 +256,7 @@ class CodedCondition:
     onset: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # not slotted: `derived` is a cached_property (one per request: no gain)
 class PatientFacts:
     patient_id: str
     evaluation_time: datetime
