@@ -94,3 +94,32 @@ def test_depth_check_descends_into_container_subclasses() -> None:
 
     assert json_depth_exceeds(Record(a=Record(b=[1])), 2) is True
     assert json_depth_exceeds(Record(a=Record(b=[1])), 3) is False
+
+
+def test_medication_kinds_memo_never_conflates_different_concepts(protocol: Any) -> None:
+    """`MedicationIndex` remembers kinds by a concept's text and codings within a request: the same product
+    written again is recognised from the memo; a concept differing in any coding or in its text is read anew."""
+    from cds_service.reading.medications import MedicationIndex, concept_kinds
+
+    ndc = "http://hl7.org/fhir/sid/ndc"
+
+    def order(text: str | None, *coding: tuple[str, str, str]) -> dict[str, Any]:
+        concept: dict[str, Any] = {"coding": [{"system": s, "code": c, "display": d} for s, c, d in coding]}
+        if text is not None:
+            concept["text"] = text
+        return {"resourceType": "MedicationRequest", "medicationCodeableConcept": concept}
+
+    variants = [
+        order("tarlatamab-dlle 1 mg", (ndc, "55513-059-01", "IMDELLTRA 1 mg kit")),
+        order("tarlatamab-dlle 1 mg", (ndc, "55513-059-01", "IMDELLTRA 1 mg kit")),  # the same again
+        order(None, (ndc, "55513-059-01", "IMDELLTRA 1 mg kit")),
+        order("dexamethasone 8 mg IV"),
+        order("carboplatin AUC 5"),
+        order("sodium chloride 0.9%", (ndc, "00000-000-00", "")),
+        order("sodium chloride 0.9%"),
+        order("unknown"),
+    ]
+    index = MedicationIndex(protocol)
+    for resource in variants + variants[::-1]:
+        assert index.kinds(resource) == concept_kinds(resource["medicationCodeableConcept"], protocol)
+    assert "tarlatamab" in index.kinds(variants[0]) and "dexamethasone" in index.kinds(variants[3])

@@ -144,6 +144,9 @@ class MedicationIndex:
         self.protocol = protocol
         self.catalog = catalog or {}
         self._kinds: dict[int, tuple[Mapping[str, Any], frozenset[str]]] = {}
+        # Kinds by what `concept_kinds` reads of a concept (its text and codings): a record repeats a few
+        # products (every carboplatin dose, every dexamethasone order); kept for this request only.
+        self._by_content: dict[tuple[Any, ...], frozenset[str]] = {}
 
     def concept(self, resource: Mapping[str, Any]) -> dict[str, Any] | None:
         return medication_concept(resource, self.catalog)
@@ -152,7 +155,15 @@ class MedicationIndex:
         cached = self._kinds.get(id(resource))
         if cached is not None and cached[0] is resource:
             return cached[1]
-        found = concept_kinds(self.concept(resource), self.protocol)
+        concept = self.concept(resource)
+        if concept is None:
+            found = _NO_NAMES
+        else:
+            text = concept.get("text")
+            key = (text if text.__class__ is str else None, *codings(concept))
+            known = self._by_content.get(key)
+            found = known if known is not None else concept_kinds(concept, self.protocol)
+            self._by_content[key] = found
         self._kinds[id(resource)] = (resource, found)  # holding the resource keeps its id from being reused
         return found
 
