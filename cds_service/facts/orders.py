@@ -276,6 +276,9 @@ def _companion_kind(
     return None
 
 
+_WORDS = re.compile(r"[a-z]+")
+
+
 def order_route(resource: dict[str, Any], protocol: Protocol) -> tuple[str | None, bool | None]:
     """(route as written, whether it is intravenous) of dosageInstruction[0].route; (None, None) when absent."""
     instructions = _dosage_instructions(resource)
@@ -291,7 +294,7 @@ def order_route(resource: dict[str, Any], protocol: Protocol) -> tuple[str | Non
     if any(code in iv_codes for _, code, _ in codings(route)):
         return shown, True
     text = concept_text(route)
-    words = set(re.findall(r"[a-z]+", text))
+    words = set(_WORDS.findall(text))
     return shown, any(t in text if " " in t or len(t) > 3 else t in words for t in iv_text)
 
 

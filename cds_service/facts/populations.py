@@ -183,8 +183,11 @@ def toxicity_condition(
     return None
 
 
+_ICD_CATEGORY = re.compile(r"^([A-Z])(\d{2})")
+
+
 def _icd_key(code: str) -> tuple[str, int] | None:
-    match = re.match(r"^([A-Z])(\d{2})", code.upper())
+    match = _ICD_CATEGORY.match(code.upper())
     return (match.group(1), int(match.group(2))) if match else None
 
 
