@@ -440,7 +440,7 @@ def _leaf_fast_accept(table: Table, check: Checker) -> Checker:
         for key, item in value.items():
             kind = kinds.get(key)
             cls = item.__class__
-            if kind == _STRING or kind == _URI or kind == _CODE_KIND:
+            if kind in (_STRING, _URI, _CODE_KIND):
                 if cls is not str or (kind == _STRING and not item) or (kind == _CODE_KIND and not code(item)):
                     return check(value)
             elif kind == _DECIMAL:
