@@ -114,8 +114,7 @@ def _has_other_value(obs: dict[str, Any]) -> bool:
     return any(key.startswith("value") and key != "valueQuantity" for key in obs)
 
 
-def lab_result(obs: dict[str, Any], analyte: str | AnalyteReading, when: When, protocol: Protocol) -> LabResult:
-    reading = analyte if isinstance(analyte, AnalyteReading) else AnalyteReading.of(analyte, protocol)
+def lab_result(obs: dict[str, Any], reading: AnalyteReading, when: When) -> LabResult:
     quantity = obs.get("valueQuantity")
     converted = convert(quantity, reading.factors, reading.canonical)
     problem = converted.problem
@@ -210,13 +209,14 @@ def lab_series(
     read = reported = 0
     settled = False
     for when, _, obs in dated:
-        if when.moment <= now:
+        past = when.moment <= now
+        if past:
             if read >= depth or (settled and not full):
                 break
             if settled and treated_since is not None and when.local_date < treated_since:
                 break  # before the first dose: only the newest result counts (13.16), already read
-        result = lab_result(obs, reading, when, protocol)
-        if result.effective <= now:
+        result = lab_result(obs, reading, when)
+        if past:
             read += 1
             element = None
             if result.problem is None and not settled:
