@@ -339,23 +339,13 @@ def _list_of(name: str, item_check: Checker) -> Checker:
     return check
 
 
-def _single(datatype: str, item_check: Checker, primitive: Callable[[Any], str | None] | None) -> Checker:
-    if primitive is not None:
-
-        def check_primitive(value: Any) -> Problem | None:
-            if value.__class__ is list:
-                return (), f"Expected a single {datatype} here, found a list"
-            message = primitive(value)
-            return None if message is None else ((), message)
-
-        return _with_fast_accept(datatype, check_primitive)
-
+def _single(datatype: str, item_check: Checker) -> Checker:
     def check(value: Any) -> Problem | None:
         if value.__class__ is list:
             return (), f"Expected a single {datatype} here, found a list"
         return item_check(value)
 
-    return check
+    return _with_fast_accept(datatype, check)
 
 
 def _with_fast_accept(datatype: str, check: Checker) -> Checker:
@@ -378,7 +368,7 @@ def _element_check(datatype: str, many: bool, name: str) -> Checker:
     item = _VALUE_CHECKS[datatype]
     if many:
         return _list_of(name, item)
-    return _single(datatype, item, PRIMITIVES.get(datatype))
+    return _single(datatype, item)
 
 
 def _complex_checker(datatype: str, checks: dict[str, Checker]) -> Checker:
