@@ -77,9 +77,20 @@ def markdown(results: dict[str, Any]) -> str:
             "before judging the targets.",
             "",
         ]
+    rounds = s.get("rounds", 1)
     lines += [
         "## Throughput and latency",
         "",
+        *(
+            [
+                f"Each case ran {rounds} times, each time on a fresh server, the bare app and the service "
+                "alternating; a figure is the median of its rounds and a ratio the median of the rounds' paired "
+                'ratios (service over the bare app of the same round). Per round: see "Rounds" below.',
+                "",
+            ]
+            if rounds > 1
+            else []
+        ),
         "Workloads: **distinct patients** (every request another patient: no resource was seen before, as an EHR "
         "sends its traffic; the headline), **order-select + order-sign** (each patient sent twice, as a clinician "
         "composes then signs), and the **same body repeated** (what a per-worker cache answers best). The bare "
@@ -99,7 +110,7 @@ def markdown(results: dict[str, Any]) -> str:
             if c is None:
                 continue
             bare = by.get(("bare", size))
-            same = (c["rps"] / bare["rps"] if bare else None) if target != "bare" else 1.0
+            same = ratio_of(results, target, size) if target != "bare" else 1.0
             vs_m = c["rps"] / bare_m["rps"] if bare_m else None
             bad = c["bad"] + c.get("warmup", {}).get("bad", 0) + sum(c.get("socket_errors", {}).values())
             lines.append(
@@ -113,6 +124,33 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["", "## Targets", "", "| target | measured | limit | pass |", "|---|---:|---|---|"]
     for t in results.get("targets", []):
         lines.append(f"| {t['name']} | {_fmt(t['value'], 3)} | {t['limit']} | {_fmt(t['pass'])} |")
+    if rounds > 1:
+        lines += [
+            "",
+            "## Rounds",
+            "",
+            "Throughput of each round (req/s) and, for the service, its ratio to the bare app of the same round: "
+            "how far one run of this machine can move a verdict.",
+            "",
+            "| server, workload | size | req/s by round | service / bare by round | median ratio |",
+            "|---|---|---|---|---:|",
+        ]
+        for size in SIZE_ORDER:
+            bare = by.get(("bare", size))
+            for target in TARGET_ORDER:
+                c = by.get((target, size))
+                if c is None or "rps_by_round" not in c:
+                    continue
+                paired = (
+                    ", ".join(f"{r / b:.3f}" for r, b in zip(c["rps_by_round"], bare["rps_by_round"], strict=False))
+                    if target != "bare" and bare and "rps_by_round" in bare
+                    else "-"
+                )
+                median = _fmt(ratio_of(results, target, size), 3) if target != "bare" else "-"
+                lines.append(
+                    f"| {WORKLOAD_LABEL.get(target, target)} | {size} "
+                    f"| {', '.join(f'{r:,.0f}' for r in c['rps_by_round'])} | {paired} | {median} |"
+                )
     cpu_ratios = results.get("cpu_ratios") or {}
     if cpu_ratios:
         if not isinstance(next(iter(cpu_ratios.values())), dict):

@@ -24,6 +24,7 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -349,6 +350,7 @@ class Options:
     max_topup_seconds: int
     database_url: str | None
     quiet_wait: float
+    repeat: int = 1
 
 
 def server_for(target: str, opts: Options, tmp: Path, size: str) -> Server:
@@ -379,7 +381,13 @@ def server_for(target: str, opts: Options, tmp: Path, size: str) -> Server:
 
 
 def run_case(
-    target: str, size: str, request: BenchRequest, workload: Workload, opts: Options, tmp: Path
+    target: str,
+    size: str,
+    request: BenchRequest,
+    workload: Workload,
+    opts: Options,
+    tmp: Path,
+    round_: int = 1,
 ) -> dict[str, Any]:
     requests_path = write_workload(tmp / f"requests-{target}-{size}.txt", workload)
     server = server_for(target, opts, tmp, size)
@@ -387,20 +395,22 @@ def run_case(
     case: dict[str, Any] = {
         "target": target,
         "size": size,
+        "round": round_,
         "workload": WORKLOAD_TARGETS.get(target, "distinct"),
         "distinct_requests": len({body for _, body in workload}),
     }
-    print(f"[{target} {size}] starting {' '.join(server.argv[1:4])} ... on port {server.port}", flush=True)
+    label = f"{target} {size}" + (f" round {round_}" if opts.repeat > 1 else "")
+    print(f"[{label}] starting {' '.join(server.argv[1:4])} ... on port {server.port}", flush=True)
     server.start()
     try:
-        check_memory = target == "service-distinct" and size == "M" and opts.memory_requests > 0
+        check_memory = target == "service-distinct" and size == "M" and opts.memory_requests > 0 and round_ == 1
         warm = send_validated(url, workload, opts.warmup, opts.connections)
         case["warmup"] = {
             "requests": warm.requests, "good": warm.good, "bad": warm.bad, "statuses": warm.statuses,
             "cards": warm.cards, "topics": warm.topics, "first_problem": warm.first_problem,
         }  # fmt: skip
         if warm.bad:
-            print(f"[{target} {size}] WARNING: {warm.bad}/{warm.requests} bad responses: {warm.first_problem}")
+            print(f"[{label}] WARNING: {warm.bad}/{warm.requests} bad responses: {warm.first_problem}")
         sent = warm.requests
         memory_first = server.memory() if check_memory else {}
         case["machine_busy_before_cores"] = wait_for_quiet(opts.quiet_wait)
@@ -442,7 +452,7 @@ def run_case(
         )
         case["peak_rss_mib"] = round(max((w["peak_rss_kib"] for w in case["workers"]), default=0) / 1024, 1)
         print(
-            f"[{target} {size}] {case['rps']:.0f} req/s, p50 {case['p50_ms']:.1f} ms, p99 {case['p99_ms']:.1f} ms, "
+            f"[{label}] {case['rps']:.0f} req/s, p50 {case['p50_ms']:.1f} ms, p99 {case['p99_ms']:.1f} ms, "
             f"worker CPU {case['worker_cpu_ms_per_request']:.2f} ms/req, bad {case['bad']}, "
             f"wrk CPU {case['generator_cpu_pct_of_core']:.0f}% of a core, "
             f"other load {case['other_cpu_cores']:.2f} cores",
@@ -452,7 +462,7 @@ def run_case(
             case["memory_check"] = memory_check(server, url, request, opts, tmp, sent, memory_first, case)
         if server.workers() != pids_before:
             case["workers_restarted"] = True
-            print(f"[{target} {size}] WARNING: worker pids changed during the run (a worker died or was recycled)")
+            print(f"[{label}] WARNING: worker pids changed during the run (a worker died or was recycled)")
         case["server_log_problems"] = server.log_problems()
     finally:
         server.stop()
@@ -560,11 +570,71 @@ def case_bad(case: dict[str, Any]) -> int:
     return case.get("bad", 0) + case.get("warmup", {}).get("bad", 0) + sum(case.get("socket_errors", {}).values())
 
 
+# Per-run figures that a merged case reports as the median of its rounds; the others are summed or kept worst.
+_MEDIAN_FIELDS = (
+    "seconds", "rps", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms", "worker_cpu_ms_per_request",
+    "worker_cpu_cores", "generator_cpu_pct_of_core", "machine_busy_before_cores",
+)  # fmt: skip
+_SUMMED_FIELDS = ("requests", "good", "bad", "non200")
+
+
+def merge_rounds(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One case per (server, size) from the runs of every round: the median of each figure over the rounds
+    (each round a fresh server, bare and service alternating), counts summed, the worst other load, peak memory
+    and bad responses kept, and the figures of each round listed (`rps_by_round`, `cpu_ms_by_round`).
+    A single round is returned as it was measured."""
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        grouped.setdefault((run["target"], run["size"]), []).append(run)
+    merged = []
+    for group in grouped.values():
+        if len(group) == 1:
+            merged.append({**group[0], "rounds": 1})
+            continue
+        first = group[0]
+        case = {k: v for k, v in first.items() if k not in ("round", "memory_check")}
+        for name in _MEDIAN_FIELDS:
+            values = [r[name] for r in group if r.get(name) is not None]
+            if values:
+                case[name] = round(statistics.median(values), 3)
+        for name in _SUMMED_FIELDS:
+            case[name] = sum(r.get(name, 0) for r in group)
+        case["socket_errors"] = {
+            key: sum(r.get("socket_errors", {}).get(key, 0) for r in group)
+            for key in sorted({key for r in group for key in r.get("socket_errors", {})})
+        }
+        case["warmup"] = {**first["warmup"], "bad": sum(r["warmup"]["bad"] for r in group)}
+        case["other_cpu_cores"] = max(r.get("other_cpu_cores", 0.0) for r in group)
+        case["peak_rss_mib"] = max(r.get("peak_rss_mib", 0.0) for r in group)
+        case["workers"] = [w for r in group for w in r.get("workers", [])]
+        case["server_log_problems"] = sum(r.get("server_log_problems", 0) for r in group)
+        if any(r.get("workers_restarted") for r in group):
+            case["workers_restarted"] = True
+        memory = next((r["memory_check"] for r in group if "memory_check" in r), None)
+        if memory is not None:
+            case["memory_check"] = memory
+        case["rounds"] = len(group)
+        case["rps_by_round"] = [r["rps"] for r in group]
+        case["cpu_ms_by_round"] = [r["worker_cpu_ms_per_request"] for r in group]
+        merged.append(case)
+    return merged
+
+
 def _ratio(by: dict[tuple[str, str], dict[str, Any]], target: str, size: str, key: str = "rps") -> float | None:
-    """service / bare for one size: by throughput (`rps`), or by worker CPU cost (`cpu`, bare over service)."""
+    """service / bare for one size: by throughput (`rps`), or by worker CPU cost (`cpu`, bare over service).
+
+    With several rounds, the median of the rounds' ratios: each round's service run is paired with the bare
+    run of the same round, so a slow spell of the machine affects both sides of a ratio.
+    """
     service, bare = by.get((target, size)), by.get(("bare", size))
     if service is None or bare is None:
         return None
+    field_ = "cpu_ms_by_round" if key == "cpu" else "rps_by_round"
+    paired = list(zip(service.get(field_) or (), bare.get(field_) or (), strict=False))
+    if len(paired) > 1 and len(service[field_]) == len(bare[field_]):
+        if key == "cpu":
+            return round(statistics.median(b / s for s, b in paired if s), 3)
+        return round(statistics.median(s / b for s, b in paired if b), 3)
     if key == "cpu":
         cost = service["worker_cpu_ms_per_request"]
         return round(bare["worker_cpu_ms_per_request"] / cost, 3) if cost else None
@@ -720,8 +790,17 @@ def main(argv: list[str] | None = None) -> int:
         help="service workloads to run: repeated (one body), distinct (a new patient per request), pair "
         "(order-select then order-sign per patient); default all",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds per size: every case runs N times on a fresh server, bare and service alternating, and the "
+        "median is reported (default 1; 3 makes the verdicts steadier on a noisy machine)",
+    )
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (server and wrk logs)")
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat takes a whole number >= 1")
 
     if shutil.which("wrk") is None:
         print("bench: wrk is not installed (Debian/Ubuntu: apt-get install -y wrk)", file=sys.stderr)
@@ -743,13 +822,14 @@ def main(argv: list[str] | None = None) -> int:
         max_topup_seconds=args.max_topup_seconds,
         database_url=args.database_url,
         quiet_wait=args.quiet_wait,
+        repeat=args.repeat,
     )
     baseline_path = args.baseline or args.out / "results.json"
     baseline = orjson.loads(baseline_path.read_bytes()) if baseline_path.is_file() else None
 
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="cds-bench-"))
-    cases: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
     request_info: dict[str, dict[str, Any]] = {}
     try:
         for size in sizes:
@@ -777,8 +857,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{patients} distinct patients",
                 flush=True,
             )
-            for target in ("bare", *(names[w] for w in workloads)):
-                cases.append(run_case(target, size, request, by_target[target], opts, tmp))
+            for round_ in range(1, opts.repeat + 1):
+                for target in ("bare", *(names[w] for w in workloads)):
+                    runs.append(run_case(target, size, request, by_target[target], opts, tmp, round_))
             del distinct, by_target
     finally:
         if args.keep_tmp:
@@ -786,6 +867,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    cases = merge_rounds(runs)
     results: dict[str, Any] = {
         "schema": 2,
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -803,6 +885,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_requests": opts.warmup,
             "quiet_wait_s": opts.quiet_wait,
             "memory_requests": opts.memory_requests,
+            "rounds": opts.repeat,
             "cds_now": NOW,
             "database": "custom" if opts.database_url else "sqlite (temp dir)",
             "audit": "on (default)",
@@ -810,6 +893,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "requests": request_info,
         "cases": cases,
+        **({"runs": runs} if opts.repeat > 1 else {}),
         "wall_seconds": round(time.monotonic() - started, 1),
     }
     results.update(evaluate(cases, request_info, baseline))

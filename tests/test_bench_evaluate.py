@@ -64,3 +64,59 @@ def test_own_cost_growth_fails_its_target() -> None:
     found = _targets(bare_xl_cpu=12.0, service_xl_cpu=60.0)["targets"]  # own 48 ms: 0.016 per resource
     own = found["own cost per resource XL / L (service minus bare, worker CPU)"]
     assert own["pass"] is False and own["value"] == 1.6
+
+
+# --- rounds (--repeat): medians and paired ratios --------------------------------------------------------
+from bench.run import merge_rounds  # noqa: E402
+
+
+def _run(target: str, size: str, round_: int, rps: float, cpu_ms: float, **extra: Any) -> dict[str, Any]:
+    run = _case(target, size, rps, cpu_ms)
+    run.update(round=round_, requests=int(rps * 10), good=int(rps * 10), warmup={"bad": 0, "cards": 1},
+               socket_errors={"timeout": 0}, peak_rss_mib=80.0, server_log_problems=0)  # fmt: skip
+    run.update(extra)
+    return run
+
+
+def test_one_round_is_reported_as_measured() -> None:
+    run = _run("bare", "M", 1, 700, 2.0)
+    [case] = merge_rounds([run])
+    assert case["rps"] == 700 and case["rounds"] == 1 and "rps_by_round" not in case
+
+
+def test_rounds_merge_to_medians_counts_and_the_worst_case() -> None:
+    runs = [
+        _run("service-distinct", "M", 1, 200, 9.0, other_cpu_cores=0.05),
+        _run("service-distinct", "M", 2, 260, 7.0, other_cpu_cores=0.30, peak_rss_mib=90.0),
+        _run("service-distinct", "M", 3, 210, 8.5, other_cpu_cores=0.01, bad=2),
+    ]
+    runs[0]["memory_check"] = {"pass": True}
+    [case] = merge_rounds(runs)
+    assert case["rounds"] == 3
+    assert case["rps"] == 210 and case["worker_cpu_ms_per_request"] == 8.5  # medians, not means
+    assert case["requests"] == 6700 and case["bad"] == 2  # counts summed: a bad response of any round counts
+    assert case["other_cpu_cores"] == 0.30 and case["peak_rss_mib"] == 90.0  # the worst round
+    assert case["rps_by_round"] == [200, 260, 210] and case["cpu_ms_by_round"] == [9.0, 7.0, 8.5]
+    assert case["memory_check"] == {"pass": True}
+
+
+def test_the_ratio_of_rounds_pairs_each_service_run_with_its_own_bare_run() -> None:
+    # Round 3 ran on a slow spell of the machine: both servers lost throughput there.
+    runs = [
+        _run("bare", "M", 1, 800, 2.0), _run("service-distinct", "M", 1, 240, 6.0),  # 0.30
+        _run("bare", "M", 2, 700, 2.0), _run("service-distinct", "M", 2, 245, 5.0),  # 0.35
+        _run("bare", "M", 3, 400, 4.0), _run("service-distinct", "M", 3, 100, 16.0),  # 0.25
+    ]  # fmt: skip
+    results = evaluate(merge_rounds(runs), {"M": {"resources": 109}}, None)
+    assert results["ratios"]["service-distinct"]["M"] == 0.3  # the median of 0.30, 0.35, 0.25
+    assert round(240 / 700, 3) == 0.343  # what the ratio of the medians would have said, mixing rounds
+    assert results["cpu_ratios"]["service-distinct"]["M"] == round(2.0 / 6.0, 3)  # median of 1/3, 2/5, 1/4
+
+
+def test_a_bad_response_in_any_round_fails_the_run() -> None:
+    runs = [_run("bare", "S", r, 2500, 0.6) for r in (1, 2)] + [
+        _run("service-distinct", "S", 1, 600, 3.0),
+        _run("service-distinct", "S", 2, 600, 3.0, bad=1),
+    ]
+    targets = {t["name"]: t for t in evaluate(merge_rounds(runs), {"S": {"resources": 13}}, None)["targets"]}
+    assert targets["responses that were not 200 with a cards array (or no response)"]["pass"] is False
