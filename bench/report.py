@@ -58,13 +58,16 @@ def markdown(results: dict[str, Any]) -> str:
         f"commit {results['git']['commit']}"
         + (" with uncommitted service changes" if results["git"].get("service_files_modified") else ""),
         f"- Machine: nproc {m['nproc']}, {m['cpu_model']}, {m['memory_gib']} GiB, Linux {m['kernel']}, "
-        f"Python {m['python']}, " + ", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items()) + f", {m['wrk']}",
+        f"Python {m['python']}, "
+        + (f"pure-Python loop {m['python_loop_ms']} ms (best of 5, lower is faster), " if "python_loop_ms" in m else "")
+        + ", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items()) + f", {m['wrk']}",
         f"- Settings: gunicorn {s['workers']} {s.get('worker_class', 'sync')} workers x {s['threads']} thread, "
         f"keep-alive {s.get('keepalive_s', 2)} s, for both servers; wrk "
         f"{s['wrk_threads']} thread, {s['connections']} connections, {s['duration_s']} s per case after "
         f"{s['warmup_requests']} validated warm-up requests; CDS_NOW {s['cds_now']}; store {s['database']}; "
         f"audit {s['audit']}; JWT {s['jwt']}.",
-        f"- Command: `{results['command'].strip()}`",
+        f"- Command: `{results['command'].strip()}`"
+        + (f"; verdicts computed again by `{results['evaluated_again']}`" if results.get("evaluated_again") else ""),
         "",
     ]
     disturbed = results.get("disturbed_cases") or []
@@ -130,10 +133,12 @@ def markdown(results: dict[str, Any]) -> str:
             "## Rounds",
             "",
             "Throughput of each round (req/s) and, for the service, its ratio to the bare app of the same round: "
-            "how far one run of this machine can move a verdict.",
+            "how far one run of this machine can move a verdict. The last column times a fixed pure-Python loop "
+            "just before each run (ms, lower is faster): the machine's own speed as it drifted.",
             "",
-            "| server, workload | size | req/s by round | service / bare by round | median ratio |",
-            "|---|---|---|---|---:|",
+            "| server, workload | size | req/s by round | service / bare by round | median ratio "
+            "| pure-Python loop ms by round |",
+            "|---|---|---|---|---:|---|",
         ]
         for size in SIZE_ORDER:
             bare = by.get(("bare", size))
@@ -147,9 +152,10 @@ def markdown(results: dict[str, Any]) -> str:
                     else "-"
                 )
                 median = _fmt(ratio_of(results, target, size), 3) if target != "bare" else "-"
+                loops = ", ".join(_fmt(v) for v in c.get("python_loop_ms_by_round") or ()) or "-"
                 lines.append(
                     f"| {WORKLOAD_LABEL.get(target, target)} | {size} "
-                    f"| {', '.join(f'{r:,.0f}' for r in c['rps_by_round'])} | {paired} | {median} |"
+                    f"| {', '.join(f'{r:,.0f}' for r in c['rps_by_round'])} | {paired} | {median} | {loops} |"
                 )
     cpu_ratios = results.get("cpu_ratios") or {}
     if cpu_ratios:
@@ -240,7 +246,14 @@ def markdown(results: dict[str, Any]) -> str:
             f"{reg.get('m_ratio', ratio_of(results, 'service', 'M'))} ({reg['m_ratio_change_pct']:+.1f} %), "
             "M req/s change "
             + (f"{reg['m_rps_change_pct']:+.1f} %" if reg["m_rps_change_pct"] is not None else "-")
-            + " (raw req/s depends on the machine's load; the ratio is the comparable number).",
+            + " (raw req/s depends on the machine's load; the ratio is the comparable number)."
+            + (
+                f" **Not comparable:** the bare app's M throughput moved {reg['bare_m_rps_change_pct']:+.1f} % "
+                "from the baseline's, so the baseline ran on another machine (or under other load); the "
+                "regression check is not judged. Compare runs of one machine."
+                if reg.get("comparable") is False
+                else ""
+            ),
         ]
     lines += [
         "",
@@ -375,8 +388,23 @@ def chart(results: dict[str, Any], path: Path) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Re-render results.md and chart.png from results.json")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="judge the measured cases again with this checkout's targets (rewrites results.json's verdicts)",
+    )
+    parser.add_argument("--baseline", type=Path, help="with --evaluate: the results.json to compare M with")
     args = parser.parse_args(argv)
     results = orjson.loads((args.out / "results.json").read_bytes())
+    if args.evaluate:
+        from bench.run import evaluate
+
+        baseline = orjson.loads(args.baseline.read_bytes()) if args.baseline else None
+        results.update(evaluate(results["cases"], results["requests"], baseline))
+        results["evaluated_again"] = "python -m bench.report --evaluate" + (
+            f" --baseline {args.baseline}" if args.baseline else ""
+        )
+        (args.out / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
     (args.out / "results.md").write_text(markdown(results))
     chart(results, args.out / "chart.png")
     return 0

@@ -97,6 +97,7 @@ def test_rounds_merge_to_medians_counts_and_the_worst_case() -> None:
     assert case["requests"] == 6700 and case["bad"] == 2  # counts summed: a bad response of any round counts
     assert case["other_cpu_cores"] == 0.30 and case["peak_rss_mib"] == 90.0  # the worst round
     assert case["rps_by_round"] == [200, 260, 210] and case["cpu_ms_by_round"] == [9.0, 7.0, 8.5]
+    assert case["python_loop_ms_by_round"] == [None, None, None]  # not timed in these made-up runs
     assert case["memory_check"] == {"pass": True}
 
 
@@ -120,3 +121,55 @@ def test_a_bad_response_in_any_round_fails_the_run() -> None:
     ]
     targets = {t["name"]: t for t in evaluate(merge_rounds(runs), {"S": {"resources": 13}}, None)["targets"]}
     assert targets["responses that were not 200 with a cards array (or no response)"]["pass"] is False
+
+
+# --- the regression check compares runs of one machine -------------------------------------------------------
+def _m_run(bare_rps: float, service_rps: float) -> list[dict[str, Any]]:
+    return [_case("bare", "M", bare_rps, 2.0), _case("service-distinct", "M", service_rps, 8.0)]
+
+
+def _regression(baseline_cases: list[dict[str, Any]], cases: list[dict[str, Any]]) -> dict[str, Any]:
+    baseline = {"date": "2026-12-01T17:44:18Z", "git": {"commit": "e376810"}, "cases": baseline_cases,
+                "ratios": {"service-distinct": {"M": round(baseline_cases[1]["rps"] / baseline_cases[0]["rps"], 3)}}}  # fmt: skip
+    results = evaluate(cases, {"M": {"resources": 109}}, baseline)
+    [check] = [t for t in results["targets"] if "vs previous results" in t["name"]]
+    return {"check": check, "regression": results["regression"]}
+
+
+def test_a_regression_on_the_same_machine_fails() -> None:
+    found = _regression(_m_run(800, 280), _m_run(780, 200))  # bare -2.5 %: same machine; ratio 0.35 -> 0.256
+    assert found["check"]["pass"] is False and found["regression"]["comparable"] is True
+    assert found["check"]["value"] == -26.9
+
+
+def test_no_regression_on_the_same_machine_passes() -> None:
+    found = _regression(_m_run(800, 280), _m_run(820, 270))
+    assert found["check"]["pass"] is True
+
+
+def test_another_machine_is_reported_not_judged() -> None:
+    # The bare app (same code) runs at half the throughput: another machine; the ratio moved with it.
+    found = _regression(_m_run(2550, 880), _m_run(845, 204))
+    assert found["check"]["pass"] is None and found["regression"]["comparable"] is False
+    assert found["regression"]["bare_m_rps_change_pct"] == -66.9
+    assert "not judged" in found["check"]["limit"]
+
+
+def test_report_evaluate_judges_committed_results_again(tmp_path: Path) -> None:
+    import orjson
+
+    from bench import report
+
+    committed = REPO_ROOT / "bench" / "results" / "results.json"
+    (tmp_path / "results.json").write_bytes(committed.read_bytes())
+    baseline = orjson.loads(committed.read_bytes())
+    for case in baseline["cases"]:
+        if case["target"] == "bare" and case["size"] == "M":
+            case["rps"] *= 2  # the baseline's machine parsed twice as fast
+    (tmp_path / "baseline.json").write_bytes(orjson.dumps(baseline))
+    assert report.main(["--out", str(tmp_path), "--evaluate", "--baseline", str(tmp_path / "baseline.json")]) == 0
+    judged = orjson.loads((tmp_path / "results.json").read_bytes())
+    [row] = [t for t in judged["targets"] if "vs previous results" in t["name"]]
+    assert row["pass"] is None and judged["regression"]["comparable"] is False
+    assert "verdicts computed again" in (tmp_path / "results.md").read_text()
+    assert "**Not comparable:**" in (tmp_path / "results.md").read_text()
