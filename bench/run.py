@@ -1,6 +1,7 @@
 """The benchmark: the real `cds-service serve` against a bare Flask app, same gunicorn settings, same run.
 
-    python -m bench.run                 # full run (~8 minutes), writes bench/results/
+    python -m bench.run                 # one round of S, M, L (3-10 minutes by machine), writes bench/results/
+    python -m bench.run --repeat 3      # three rounds per case, medians (steadier verdicts)
     python -m bench.run --duration 5    # shorter measured phases
 
 For each request size (S, M, L, XL, see bench/workload.py) and each case a fresh server is started on
