@@ -475,8 +475,9 @@ def test_hook_responses_are_audited_without_tokens_or_clinical_values(app: Any, 
     assert all(r["patient_id"] == fb.PATIENT_ID and r["service_id"] == "tarlatamab-order-sign" for r in rows)
     assert rows[0]["evaluation_ms"] >= 0
     assert orjson.loads(rows[0]["data_origin"]) == dict.fromkeys(PREFETCH_KEYS, "prefetch")
-    text = repr(rows)
-    assert SENTINEL not in text and "0.4" not in text.replace(str(rows[0]["evaluation_ms"]), "")
+    # (timings are left out: an evaluation of 0.428 ms would read as the ANC of 0.4)
+    text = repr([{k: v for k, v in r.items() if k != "evaluation_ms"} for r in rows])
+    assert SENTINEL not in text and "0.4" not in text
 
 
 def test_request_body_is_not_modified_by_the_service(client: Any) -> None:
