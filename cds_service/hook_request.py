@@ -48,6 +48,8 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
         return limit < 1
     if limit < 1:
         return True
+    if _few_containers(value, limit):
+        return False
     if limit <= _RECURSIVE_LIMIT:
         return _deeper(value, limit - 1)
     stack: list[tuple[Any, int]] = [(value, 1)]
@@ -60,6 +62,18 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
         elif isinstance(node, list):
             stack.extend((child, depth + 1) for child in node if isinstance(child, (dict, list)))
     return False
+
+
+def _few_containers(value: Any, limit: int) -> bool:
+    """Whether `value` certainly holds no more than `limit` objects and arrays in all (so it cannot nest deeper),
+    from its JSON text, written in C: every object or array opens with "{" or "[" (a bracket inside a string
+    only raises the count). False when unsure (many containers, or a value orjson will not write): the walk decides.
+    """
+    try:
+        text = orjson.dumps(value)
+    except (orjson.JSONEncodeError, TypeError):
+        return False
+    return text.count(b"{") + text.count(b"[") <= limit
 
 
 def _container(value: Any) -> bool:

@@ -123,3 +123,13 @@ def test_medication_kinds_memo_never_conflates_different_concepts(protocol: Any)
     for resource in variants + variants[::-1]:
         assert index.kinds(resource) == concept_kinds(resource["medicationCodeableConcept"], protocol)
     assert "tarlatamab" in index.kinds(variants[0]) and "dexamethasone" in index.kinds(variants[3])
+
+
+def test_depth_check_is_not_fooled_by_brackets_inside_strings() -> None:
+    # The count of "{" and "[" in the JSON text only ever over-counts: brackets in strings send the check to the
+    # walk, never past it.
+    text = "]}" * 100
+    assert json_depth_exceeds({"a": [{"b": text}]}, 3) is False
+    assert json_depth_exceeds({"a": [{"b": [text]}]}, 3) is True
+    assert json_depth_exceeds({"a": "[{" * 100}, 1) is False
+    assert json_depth_exceeds({"a": {"b": "[{" * 100}}, 1) is True

@@ -266,3 +266,86 @@ def test_everything_fhir_resources_rejects_in_an_element_read_is_still_rejected_
                 assert path[0] == "contained" and len(path) > 1, (path, probe, before, now)
                 assert now[0] == f"{record['resourceType']}.contained[{path[1]}].resourceType", (path, probe, now)
     assert checked > 300
+
+
+# --- the compiled acceptance test (issue 11) ---------------------------------------------------------------
+
+_HOSTILE = (
+    None, "", " ", " x", "x  y", "x", 0, -1, 1.5, 2**40, True, False, [], {}, [None], ["x"], [{}], {"x": 1},
+    "2026", "2026-02-30", "2026-11-20T08:00:00", "2026-11-20T08:00:00Z", "2016-12-31T23:59:60Z", "<", "~",
+    "Sp-1.a", "a b",
+)  # fmt: skip
+_EXTRA_KEYS = (("vaule", 1), ("extension", [{"url": 5}]), ("extension", [{"url": "urn:x"}]), ("_code", {}), ("id", 5))
+
+
+def _nested_paths(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    if isinstance(value, dict):
+        for key, child in value.items():
+            yield (*path, key)
+            yield from _nested_paths(child, (*path, key))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield (*path, index)
+            yield from _nested_paths(child, (*path, index))
+
+
+def _variants(record: dict[str, Any], read: frozenset[str]) -> Iterator[dict[str, Any]]:
+    yield record
+    for name in read:
+        if name != "resourceType":
+            for value in _HOSTILE:
+                yield _mutated(record, (name,), value)
+    for path in _nested_paths({k: v for k, v in record.items() if k in read and k != "resourceType"}):
+        for value in _HOSTILE:
+            yield _mutated(record, path, value)
+        target = record
+        for part in path:
+            target = target[part]
+        if isinstance(target, dict):
+            for key, value in _EXTRA_KEYS:
+                yield _mutated(record, (*path, key), value)
+
+
+def _all_records() -> list[dict[str, Any]]:
+    records = _records()
+    condition_with_ages = crs_condition(3, "2026-11-01", "2026-11-05")
+    condition_with_ages["abatementAge"] = {"value": 70, "unit": "a", "system": "http://unitsofmeasure.org", "code": "a"}
+    records.append(condition_with_ages)
+    ranged = lab("alt", 30, WHEN)
+    ranged["referenceRange"][0]["appliesTo"] = [{"coding": [{"system": "http://snomed.info/sct", "code": "248153007"}]}]
+    ranged["referenceRange"][0]["age"] = {"low": {"value": 18, "unit": "a"}, "high": {"value": 99, "unit": "a"}}
+    records.append(ranged)
+    return records
+
+
+def test_what_the_compiled_test_accepts_the_element_checks_accept_too() -> None:
+    # A compiled "valid" is only ever given where the element-by-element checks find no problem; for anything
+    # else the element checks decide (and name the element). Thousands of hostile variants of real shapes.
+    accepted = checked = 0
+    for record in _all_records():
+        rtype = record["resourceType"]
+        read = frozenset(READ[rtype])
+        accept, checks = structure._plan(rtype, read)
+        for variant in _variants(record, read):
+            checked += 1
+            if accept(variant):
+                accepted += 1
+                assert structure.first_problem_in(variant, rtype, read, checks) is None, (rtype, variant)
+    assert checked > 3000 and accepted > 100  # both verdicts were exercised
+
+
+def test_the_compiled_test_accepts_the_tidy_records_real_ehrs_send() -> None:
+    # Its point is speed on the usual record: every tidy record of the replay fixtures takes the compiled path.
+    for record in _records():
+        rtype = record["resourceType"]
+        accept, _ = structure._plan(rtype, frozenset(READ[rtype]))
+        assert accept(record), rtype
+
+
+def test_a_problem_is_still_named_when_the_compiled_test_declines(no_pydantic: None) -> None:
+    obs = lab("anc", 0.4, WHEN)
+    obs["valueQuantity"]["extension"] = [{"url": 7}]  # declined by the compiled test, named by the element checks
+    assert fv.first_problem(obs, READ["Observation"]) == (
+        "Observation.valueQuantity.extension[0].url",
+        "Expected a string (uri), found a number",
+    )

@@ -21,6 +21,7 @@ The draft orders and the resources built for suggestions are validated with fhir
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Collection, Mapping
 from datetime import date, datetime
@@ -476,19 +477,160 @@ _CONTAINED_MEDICATION = tuple(
     (key, _element_check(datatype, many, key)) for key, (datatype, many) in COMPLEX["Medication"].items()
 )
 
-# (resource type, elements read) -> the checkers of those elements, in R4 element order. `read` is a frozenset
-# (its hash is cached), so the look-up costs one dict probe per resource.
-_PLANS: dict[tuple[str, Collection[str]], tuple[tuple[str, str, Checker], ...]] = {}
+# --- the compiled acceptance test ------------------------------------------------------------------------
+# For each (resource type, elements read), the tables above are also written out as the source of one flat
+# Python function, compiled once (as `dataclasses` writes its __init__): it answers only "certainly valid"
+# (True) or "look closer" (False), with no closures, no locations and no messages. A resource it accepts is
+# accepted by the checkers above too; anything else (a wrong type, an extension, an unknown element, a
+# contained resource, nesting beyond what it unrolls) goes to those checkers, which name the first problem.
+# The generated source depends only on the tables, never on a request.
+
+_UNROLL_DEPTH = 4  # complex datatypes written out inline; deeper ones (Reference.identifier...) call a checker
+_INLINE_PRIMITIVES = {
+    "string": "{v}.__class__ is not str or not {v}",
+    "uri": "{v}.__class__ is not str",
+    "code": "{v}.__class__ is not str or not _code({v})",
+    "id": "{v}.__class__ is not str or not _id_ok({v})",
+    "boolean": "{v} is not True and {v} is not False",
+    "integer": "{v}.__class__ is not int or not -2147483648 <= {v} <= 2147483647",
+    "decimal": "{v}.__class__ is not float and {v}.__class__ is not int",
+    "comparator": "{v}.__class__ is not str or {v} not in _comparators",
+    "date": "{v}.__class__ is not str or not _date_ok({v})",
+    "dateTime": "{v}.__class__ is not str or not _date_time_ok({v})",
+    "instant": "{v}.__class__ is not str or not _instant_ok({v})",
+}
 
 
-def _plan(rtype: str, read: Collection[str]) -> tuple[tuple[str, str, Checker], ...]:
+def _valid_text(check: Callable[[Any], str | None]) -> Callable[[str], bool]:
+    # Dates recur within a record (effective and issued, a panel's results) and across a worker's requests;
+    # only the verdict on the date text is kept, bounded.
+    return functools.lru_cache(maxsize=4096)(lambda text: check(text) is None)
+
+
+class _Source:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.names = 0
+        self.checkers: dict[str, Checker] = {}
+
+    def var(self) -> str:
+        self.names += 1
+        return f"v{self.names}"
+
+    def add(self, indent: int, line: str) -> None:
+        self.lines.append("    " * indent + line)
+
+    def checker(self, datatype: str, many: bool, name: str) -> str:
+        """The name of the general checker of an element, for what is not written out inline."""
+        ref = f"_check_{len(self.checkers)}"
+        self.checkers[ref] = _element_check(datatype, many, name)
+        return ref
+
+
+def _emit_value(src: _Source, datatype: str, v: str, indent: int, depth: int) -> None:
+    """Lines that return False unless the value in variable `v` is certainly a valid `datatype`."""
+    if datatype in _INLINE_PRIMITIVES:
+        src.add(indent, f"if {_INLINE_PRIMITIVES[datatype].format(v=v)}:")
+        src.add(indent + 1, "return False")
+        return
+    if datatype not in COMPLEX or depth >= _UNROLL_DEPTH:  # "Resource" (contained), "not-r4", deep nesting
+        src.add(indent, f"if {src.checker(datatype, False, datatype)}({v}) is not None:")
+        src.add(indent + 1, "return False")
+        return
+    table = COMPLEX[datatype]
+    key, item = src.var(), src.var()
+    src.add(indent, f"if {v}.__class__ is not dict:")
+    src.add(indent + 1, "return False")
+    src.add(indent, f"for {key}, {item} in {v}.items():")
+    first = True
+    for name, (element_type, many) in table.items():
+        src.add(indent + 1, f"{'if' if first else 'elif'} {key} == {name!r}:")
+        first = False
+        src.add(indent + 2, f"if {item} is None:")
+        src.add(indent + 3, "continue")
+        _emit_element(src, element_type, many, item, indent + 2, depth + 1)
+    src.add(indent + 1, f"elif {key} == 'id' or ({key}[:1] == '_' and {key}[1:] in {sorted(table)!r}):")
+    src.add(indent + 2, "continue")
+    src.add(indent + 1, "else:")  # an extension, a modifierExtension, an unknown element: the checkers say
+    src.add(indent + 2, "return False")
+
+
+def _emit_element(src: _Source, datatype: str, many: bool, v: str, indent: int, depth: int) -> None:
+    if not many:
+        _emit_value(src, datatype, v, indent, depth)
+        return
+    item = src.var()
+    src.add(indent, f"if {v}.__class__ is not list:")
+    src.add(indent + 1, "return False")
+    src.add(indent, f"for {item} in {v}:")  # a null item fails the item's own type test
+    _emit_value(src, datatype, item, indent + 1, depth)
+
+
+def _compile_accept(rtype: str, read: frozenset[str]) -> Callable[[Mapping[str, Any]], bool]:
+    """The compiled acceptance test of the elements `read` of a `rtype` (see above)."""
+    src = _Source()
+    src.add(0, "def accept(resource):")
+    for name, (datatype, many) in RESOURCES[rtype].items():
+        if name not in read:
+            continue
+        if datatype == "not-r4":
+            src.add(1, f"if {name!r} in resource:")
+            src.add(2, "return False")
+            continue
+        v = src.var()
+        src.add(1, f"{v} = resource.get({name!r})")
+        src.add(1, f"if {v} is not None:")
+        _emit_element(src, datatype, many, v, 2, 0)
+    for name in REQUIRED.get(rtype, ()):
+        if name in read:
+            src.add(1, f"if resource.get({name!r}) is None:")
+            src.add(2, "return False")
+    for name in REQUIRED_COMPLEX.get(rtype, ()):
+        if name in read:
+            src.add(1, f"if {name!r} not in resource:")
+            src.add(2, "return False")
+    for group in CHOICES.get(rtype, ()):
+        present = " + ".join(f"(resource.get({name!r}) is not None)" for name in group if name in read)
+        if present:
+            src.add(1, f"if {present} > 1:")
+            src.add(2, "return False")
+    src.add(1, "return True")
+    namespace: dict[str, Any] = {
+        "_code": _CODE.fullmatch,
+        "_id_ok": _ID.fullmatch,
+        "_comparators": COMPARATORS,
+        "_date_ok": _DATE_OK,
+        "_date_time_ok": _DATE_TIME_OK,
+        "_instant_ok": _INSTANT_OK,
+        **src.checkers,
+    }
+    exec(compile("\n".join(src.lines), f"<structure check of {rtype}>", "exec"), namespace)
+    accept: Callable[[Mapping[str, Any]], bool] = namespace["accept"]
+    accept.__doc__ = "\n".join(src.lines)  # the source, for whoever inspects it
+    return accept
+
+
+_DATE_OK = _valid_text(_date)
+_DATE_TIME_OK = _valid_text(_date_time)
+_INSTANT_OK = _valid_text(_instant)
+
+# (resource type, elements read) -> (the compiled acceptance test, the checkers of those elements in R4 element
+# order). `read` is a frozenset (its hash is cached), so the look-up costs one dict probe per resource.
+Plan = tuple[Callable[[Mapping[str, Any]], bool], tuple[tuple[str, str, Checker], ...]]
+_PLANS: dict[tuple[str, Collection[str]], Plan] = {}
+
+
+def _plan(rtype: str, read: Collection[str]) -> Plan:
     key = (rtype, read if isinstance(read, frozenset) else frozenset(read))
     plan = _PLANS.get(key)
     if plan is None:
-        plan = tuple(
-            (name, datatype, _element_check(datatype, many, name))
-            for name, (datatype, many) in RESOURCES[rtype].items()
-            if name in read
+        plan = (
+            _compile_accept(rtype, key[1]),
+            tuple(
+                (name, datatype, _element_check(datatype, many, name))
+                for name, (datatype, many) in RESOURCES[rtype].items()
+                if name in read
+            ),
         )
         if len(_PLANS) < 256:  # a handful of read sets exist; never grows with the traffic
             _PLANS[key] = plan
@@ -498,7 +640,17 @@ def _plan(rtype: str, read: Collection[str]) -> tuple[tuple[str, str, Checker], 
 def first_structure_problem(resource: Mapping[str, Any], read: Collection[str]) -> Problem | None:
     """(location, message) of the first problem among the elements `read` of a supported resource, or None."""
     rtype = str(resource.get("resourceType"))
-    for key, datatype, check in _plan(rtype, read):
+    accept, checks = _plan(rtype, read)
+    if accept(resource):
+        return None
+    return first_problem_in(resource, rtype, read, checks)
+
+
+def first_problem_in(
+    resource: Mapping[str, Any], rtype: str, read: Collection[str], checks: tuple[tuple[str, str, Checker], ...]
+) -> Problem | None:
+    """The element-by-element check (the compiled test's fallback), naming the first problem in R4 order."""
+    for key, datatype, check in checks:
         item = resource.get(key)
         if item is None:
             if datatype == "not-r4" and key in resource:
