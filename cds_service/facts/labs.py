@@ -24,6 +24,7 @@ from ..reading.codes import codings, concept_text
 from ..reading.dates import When
 from ..reading.quantities import convert
 from ..units import analyte_label
+from ..value_types import quick_init
 from .model import DataIssue, LabResult
 
 PREGNANCY_KEYS = ("pregnancy_status", "hcg_qualitative", "hcg_quantitative")
@@ -53,6 +54,7 @@ def convert_lab(protocol: Protocol, analyte: str, quantity: Any) -> Any:
     return convert(quantity, spec["factors"], str(spec["canonical"]))
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class AnalyteReading:
     """What reading one analyte's results needs from the protocol, looked up once per analyte and request."""

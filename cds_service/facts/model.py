@@ -14,10 +14,12 @@ from functools import cached_property
 from typing import Any, Literal
 
 from ..reading.quantities import clean_near, decides_above, decides_below
+from ..value_types import quick_init
 
 ToxicityKind = Literal["crs", "icans", "neurotox"]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class DataIssue:
     """Data the service could not obtain or interpret; becomes a `data-quality` card."""
@@ -32,6 +34,7 @@ class DataIssue:
     severity: Literal["critical", "warning"] = "warning"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Dose:
     """An amount of tarlatamab: `mg` is None when it could not be converted (see `problem`)."""
@@ -48,6 +51,7 @@ class Dose:
         return f"{self.raw_value} {self.raw_unit or '(no unit)'}".strip()
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class SchedulePosition:
     """Where a dose sits in the schedule.
@@ -78,6 +82,7 @@ class SchedulePosition:
         return self.label
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Administration:
     """A tarlatamab dose given: the records of one local date (split or interrupted infusions) taken as one.
@@ -144,6 +149,7 @@ class CompanionOrder:
     authored_on: date | None = None  # local date of authoredOn (covers a dose without timing, 13.1)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class LabResult:
     """One laboratory Observation, converted to the analyte's canonical unit."""
@@ -197,6 +203,7 @@ class LabResult:
         return decides_above(clean_near(value / uln, multiple), self.comparator, multiple)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class GradePoint:
     """One recorded grade of a toxicity: a Condition, a grade Observation, or an ICE score."""

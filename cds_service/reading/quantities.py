@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..value_types import quick_init
+
 UCUM = "http://unitsofmeasure.org"
 COMPARATORS = frozenset({"<", "<=", ">", ">="})
 
@@ -92,6 +94,7 @@ def unit_factor(factors: Mapping[str, Any], quantity: Mapping[str, Any]) -> tupl
     return None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Converted:
     """A Quantity converted with a unit table. `value` is None and `problem` says why when unusable.
