@@ -278,24 +278,13 @@ _HOSTILE = (
 _EXTRA_KEYS = (("vaule", 1), ("extension", [{"url": 5}]), ("extension", [{"url": "urn:x"}]), ("_code", {}), ("id", 5))
 
 
-def _nested_paths(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    if isinstance(value, dict):
-        for key, child in value.items():
-            yield (*path, key)
-            yield from _nested_paths(child, (*path, key))
-    elif isinstance(value, list):
-        for index, child in enumerate(value):
-            yield (*path, index)
-            yield from _nested_paths(child, (*path, index))
-
-
 def _variants(record: dict[str, Any], read: frozenset[str]) -> Iterator[dict[str, Any]]:
     yield record
     for name in read:
         if name != "resourceType":
             for value in _HOSTILE:
                 yield _mutated(record, (name,), value)
-    for path in _nested_paths({k: v for k, v in record.items() if k in read and k != "resourceType"}):
+    for path in (p for p in _paths(record) if p[0] in read):
         for value in _HOSTILE:
             yield _mutated(record, path, value)
         target = record
