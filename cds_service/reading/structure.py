@@ -346,21 +346,6 @@ def _single(datatype: str, item_check: Checker) -> Checker:
             return (), f"Expected a single {datatype} here, found a list"
         return item_check(value)
 
-    return _with_fast_accept(datatype, check)
-
-
-def _with_fast_accept(datatype: str, check: Checker) -> Checker:
-    """`check`, preceded by an inline test that accepts the usual valid value of the commonest primitives
-    (a value it accepts, `check` accepts too; anything else goes to `check`, which says what is wrong)."""
-    if datatype == "string":
-        return lambda value: None if value.__class__ is str and value else check(value)
-    if datatype == "uri":
-        return lambda value: None if value.__class__ is str else check(value)
-    if datatype == "code":
-        code = _CODE.fullmatch  # matches only a non-blank code without stray whitespace
-        return lambda value: None if value.__class__ is str and code(value) else check(value)
-    if datatype == "decimal":
-        return lambda value: None if value.__class__ is float or value.__class__ is int else check(value)
     return check
 
 
@@ -401,50 +386,7 @@ def _complex_checker(datatype: str, checks: dict[str, Checker]) -> Checker:
                 return (key, *found[0]), found[1]
         return None
 
-    return _leaf_fast_accept(table, check)
-
-
-# Kinds of the primitive elements a leaf datatype (Coding, Quantity) is made of, tested inline below.
-_STRING, _URI, _CODE_KIND, _DECIMAL, _BOOLEAN, _COMPARATOR = range(1, 7)
-_LEAF_KINDS = {
-    "string": _STRING,
-    "uri": _URI,
-    "code": _CODE_KIND,
-    "decimal": _DECIMAL,
-    "boolean": _BOOLEAN,
-    "comparator": _COMPARATOR,
-}
-
-
-def _leaf_fast_accept(table: Table, check: Checker) -> Checker:
-    """For a datatype made only of simple primitives (Coding, Quantity): accept the usual valid value in one
-    inline pass over its elements; anything else (an unknown element, an extension, a wrong type) goes to
-    `check`, which finds the first problem in order. What this pass accepts, `check` accepts too."""
-    if any(many or datatype not in _LEAF_KINDS for datatype, many in table.values()):
-        return check
-    kinds = {key: _LEAF_KINDS[datatype] for key, (datatype, _) in table.items()}
-    code = _CODE.fullmatch
-
-    def accept(value: Any) -> Problem | None:
-        if value.__class__ is not dict:
-            return check(value)
-        for key, item in value.items():
-            kind = kinds.get(key)
-            cls = item.__class__
-            if kind in (_STRING, _URI, _CODE_KIND):
-                if cls is not str or (kind == _STRING and not item) or (kind == _CODE_KIND and not code(item)):
-                    return check(value)
-            elif kind == _DECIMAL:
-                if cls is not float and cls is not int:
-                    return check(value)
-            elif kind == _BOOLEAN:
-                if item is not True and item is not False:
-                    return check(value)
-            elif kind != _COMPARATOR or cls is not str or item not in COMPARATORS:
-                return check(value)
-        return None
-
-    return accept
+    return check
 
 
 def _contained(value: Any) -> Problem | None:
