@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
-from fhir_builders import hook_request, lab, tarlatamab_order
+from fhir_builders import administration, hook_request, lab, tarlatamab_order
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -132,6 +132,38 @@ def test_random_json_at_random_places_is_never_a_5xx(client: Any, hook: str, dat
 @given(body=json_values, url=st.sampled_from([SIGN, SELECT, VIEW, f"{SIGN}/feedback"]))
 def test_random_json_bodies_are_never_a_5xx(client: Any, body: Any, url: str) -> None:
     check_response(client.post(url, json=body))
+
+
+# A record whose id is not an id (found by the test above: a list id's repr, "\\x10" and all, reached a card).
+NOT_IDS = [["\x10", {"": 214}], {"a": "x10^9/L"}, True]
+
+
+def all_card_text(cards: list[dict[str, Any]]) -> str:
+    return "\n".join(f"{c['summary']}\n{c.get('detail', '')}" for c in cards)
+
+
+@pytest.mark.parametrize("bad_id", NOT_IDS, ids=["list", "object", "boolean"])
+def test_a_lab_id_that_is_not_an_id_is_never_echoed_the_record_is_named_and_reported(client: Any, bad_id: Any) -> None:
+    anc = lab("anc", 3.1, "2026-11-20T08:00:00Z")
+    anc["id"] = bad_id
+    body = hook_request(drafts=[tarlatamab_order(PLANNED)], observations=[anc])
+    response = client.post(SIGN, json=body)
+    check_response(response)
+    text = all_card_text(response.get_json()["cards"])
+    assert "Observation/?" in text  # named, so the pharmacist knows which record to look at
+    assert "x10" not in text and "{" not in text and "True" not in text
+
+
+@pytest.mark.parametrize("bad_id", NOT_IDS, ids=["list", "object", "boolean"])
+def test_an_administration_id_that_is_not_an_id_is_never_echoed(client: Any, bad_id: Any) -> None:
+    given = administration("2026-11-14T10:00:00Z", 1)
+    given["id"] = bad_id
+    body = hook_request(drafts=[tarlatamab_order(PLANNED)], administrations=[given])
+    response = client.post(SIGN, json=body)
+    check_response(response)
+    text = all_card_text(response.get_json()["cards"])
+    assert "MedicationAdministration/?" in text
+    assert "x10" not in text and "{" not in text and "True" not in text
 
 
 # --- limits ---------------------------------------------------------------------------------------------------

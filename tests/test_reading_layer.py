@@ -6,11 +6,13 @@ Spec/protocol.md section 12; each test fails when its row breaks. Records are re
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from typing import Any
 
 import pytest
 from conftest import NOW
 
 from cds_service.protocol import Protocol
+from cds_service.reading import identity
 from cds_service.reading import observations as obs_reading
 from cds_service.reading.codes import ndc_products
 from cds_service.reading.conditions import condition_status
@@ -236,3 +238,18 @@ def test_arrows_run_one_way_reading_then_facts_then_rules() -> None:
     reading = _imports("reading")
     assert not [m for m in facts if "rules" in m], facts  # facts never call rule modules
     assert not [m for m in reading if "rules" in m or "facts" in m], reading
+
+
+@pytest.mark.parametrize(
+    ("resource", "expected"),
+    [({"resourceType": "Observation", "id": "cbc-2211"}, "Observation/cbc-2211"),
+     ({"resourceType": "Observation", "id": 4711}, "Observation/4711"),  # an integer id, as some interfaces send
+     ({"resourceType": "Observation", "id": True}, "Observation/?"),
+     ({"resourceType": "Observation", "id": ["\x10"]}, "Observation/?"),
+     ({"resourceType": "Observation", "id": {"a": 1}}, "Observation/?"),
+     ({"resourceType": "Observation"}, "Observation/?"),
+     ({"resourceType": ["Observation"], "id": "x"}, "Resource/x")],
+)  # fmt: skip
+def test_a_record_is_named_by_its_id_only_when_it_is_one(resource: dict[str, Any], expected: str) -> None:
+    assert identity.reference_of(resource) == expected
+    assert identity.reference_of(resource, "MedicationAdministration").split("/", 1)[1] == expected.split("/", 1)[1]

@@ -25,6 +25,7 @@ from ..protocol import Protocol
 from ..reading import administrations as adm_reading
 from ..reading.codes import ndc_products
 from ..reading.dates import after
+from ..reading.identity import record_id, reference_of
 from ..reading.medications import MedicationIndex, product_products
 from ..reading.quantities import convert, number_text
 from .model import Administration, DataIssue, Dose, SchedulePosition, ToxicityEpisode
@@ -103,7 +104,7 @@ def read_administration(
 ) -> tuple[Administration | None, list[DataIssue]]:
     """One administration record (None when its date cannot be read), with the problems found in it."""
     issues: list[DataIssue] = []
-    reference = f"MedicationAdministration/{resource.get('id')}"
+    reference = reference_of(resource, "MedicationAdministration")
     problem = first_problem(resource, adm_reading.READ_ELEMENTS)
     if problem is not None:
         element, message = problem
@@ -143,13 +144,13 @@ def read_administration(
     elif dose.mg is None:
         source = "none"
     adm = Administration(
-        resource_id=str(resource.get("id")),
+        resource_id=record_id(resource),
         status=str(resource.get("status")),
         start=when.moment,
         local_date=when.local_date,
         dose=dose,
         instant=when.instant,
-        records=(str(resource.get("id")),),
+        records=(record_id(resource),),
         dose_source=source,
     )
     return adm, issues

@@ -22,6 +22,7 @@ from ..protocol import Protocol
 from ..reading import observations as obs_reading
 from ..reading.codes import codings, concept_text
 from ..reading.dates import When
+from ..reading.identity import record_id, reference_of
 from ..reading.quantities import convert
 from ..units import analyte_label
 from ..value_types import quick_init
@@ -125,7 +126,7 @@ def lab_result(obs: dict[str, Any], reading: AnalyteReading, when: When) -> LabR
     uln, uln_source = _uln(obs, reading, quantity)
     return LabResult(
         analyte=reading.analyte,
-        observation_id=str(obs.get("id", "?")),
+        observation_id=record_id(obs),
         effective=when.moment,
         local_date=when.local_date,
         value=converted.value if problem is None else None,
@@ -195,13 +196,13 @@ def lab_series(
                     "unusable",
                     "observations",
                     f"{label} result without a readable date: not used.",
-                    obs_reading.reference_of(obs),
+                    reference_of(obs),
                     obs_reading.element_path(obs, obs_reading.time_element(obs)),
                     affects=label,
                 )
             )
             continue
-        dated.append((when, str(obs.get("id", "?")), obs))
+        dated.append((when, record_id(obs), obs))
     dated.sort(key=lambda item: (item[0].moment, item[1]), reverse=True)
     full = analyte in FULL_HISTORY_ANALYTES and treated_since is not None
     depth = FULL_READ_DEPTH if full else READ_DEPTH

@@ -22,6 +22,7 @@ from ..fhir_validation import first_problem
 from ..protocol import Protocol
 from ..reading.codes import codings, concept_text
 from ..reading.dates import local_date
+from ..reading.identity import reference_of
 from ..reading.medications import MedicationIndex
 from ..reading.quantities import as_written, convert, number_text, raw_unit_of
 from .history import dose_from_quantity, product_dose
@@ -374,7 +375,7 @@ def platinum_references(resources: Iterable[dict[str, Any]], index: MedicationIn
             continue
         if _text(r.get("status")) in _NOT_GIVEN or not index.is_(r, "platinum"):
             continue
-        ref = f"{rtype}/{r.get('id')}"
+        ref = reference_of(r, rtype)
         if ref not in refs:
             refs.append(ref)
     return tuple(refs)
@@ -393,14 +394,14 @@ def unidentified_medications(
             continue
         ref = r.get("medicationReference")
         target = ref.get("reference") if isinstance(ref, dict) else None
-        written = f" (medication reference {target!r} could not be resolved)" if isinstance(target, str) else ""
+        written = f" (medication reference '{target}' could not be resolved)" if isinstance(target, str) else ""
         issues.append(
             DataIssue(
                 "unusable",
                 dataset,
-                f"The medication of {rtype}/{r.get('id')} cannot be identified{written}: if it is tarlatamab, "
-                "it was not checked.",
-                f"{rtype}/{r.get('id')}",
+                f"The medication of {reference_of(r, rtype)} cannot be identified{written}: if it is "
+                "tarlatamab, it was not checked.",
+                reference_of(r, rtype),
                 "medicationReference" if written else "medication[x]",
                 affects="medication identity",
             )

@@ -19,6 +19,7 @@ from ..reading import conditions as cond_reading
 from ..reading import observations as obs_reading
 from ..reading.codes import codings, concept_text
 from ..reading.dates import When, read_when
+from ..reading.identity import reference_of
 from ..reading.quantities import as_written, decides_below
 from ..units import canonical_unit
 from .labs import PREGNANCY_KEYS, convert_lab
@@ -35,15 +36,11 @@ def _items(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _reference(resource: dict[str, Any]) -> str:
-    return f"{resource.get('resourceType', 'Resource')}/{resource.get('id', '?')}"
-
-
 def patient_facts(patients: list[dict[str, Any]], issues: list[DataIssue]) -> tuple[date | None, str | None]:
     patient = next((p for p in patients if isinstance(p, dict) and p.get("resourceType") == "Patient"), None)
     if patient is None:
         return None, None
-    reference = _reference(patient)
+    reference = reference_of(patient)
     bad_elements: set[str] = set()
     problem = first_problem(patient, PATIENT_READ_ELEMENTS)
     if problem is not None:
@@ -107,7 +104,7 @@ def condition_views(conditions: Iterable[dict[str, Any]], protocol: Protocol) ->
             out.append(
                 ConditionView(
                     resource=cond,
-                    reference=_reference(cond),
+                    reference=reference_of(cond),
                     system=system,
                     code=code,
                     display=_display(cond.get("code"), display or text or code),
@@ -279,7 +276,7 @@ def _pregnancy_from_observation(
 ) -> PregnancyEvidence | str:
     """Evidence, or the reason the observation could not be read."""
     answers = protocol.section("answers")
-    reference = _reference(obs)
+    reference = reference_of(obs)
     if key == "pregnancy_status":
         codes = _codes_of(obs.get("valueCodeableConcept"))
         if codes & set(answers["pregnant_snomed"]):
@@ -355,7 +352,7 @@ def pregnancy_evidence(
                 "unusable",
                 "observations",
                 f"Pregnancy observation could not be read: {reason}.",
-                _reference(obs),
+                reference_of(obs),
                 affects="pregnancy status",
             )
         )
@@ -390,7 +387,7 @@ def breastfeeding(
     out: list[tuple[bool, datetime, str]] = []
     for obs in observations:
         when = obs_reading.observation_when(obs)
-        reference = _reference(obs)
+        reference = reference_of(obs)
         if obs_reading.status_class(obs) != "final" or when is None or "valueCodeableConcept" not in obs:
             issues.append(
                 DataIssue(

@@ -24,6 +24,7 @@ from ..fhir_validation import first_problem
 from ..protocol import Protocol
 from ..reading import observations as obs_reading
 from ..reading.dates import When
+from ..reading.identity import reference_of
 from .model import DataIssue, GradePoint, ToxicityEpisode
 
 _KIND_OF_LOCAL = {"crs_grade": "crs", "icans_grade": "icans", "neurotox_grade": "neurotox", "ice_score": "icans"}
@@ -58,7 +59,7 @@ def _issue(message: str, reference: str, element: str | None, label: str) -> Dat
 def grade_point(obs: dict[str, Any], local_kind: str, protocol: Protocol, issues: list[DataIssue]) -> GradePoint | None:
     kind = _KIND_OF_LOCAL[local_kind]
     label = "ICE score" if local_kind == "ice_score" else _KIND_LABEL[kind]
-    reference = obs_reading.reference_of(obs)
+    reference = reference_of(obs)
     status = obs_reading.status_class(obs)
     if status == "not-a-result":
         return None

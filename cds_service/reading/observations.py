@@ -57,10 +57,6 @@ def time_element(obs: Mapping[str, Any]) -> str:
     return next((key for key in _TIME_KEYS if key in obs), "effective[x]")
 
 
-def reference_of(resource: Mapping[str, Any]) -> str:
-    return f"{resource.get('resourceType', 'Resource')}/{resource.get('id', '?')}"
-
-
 def component_views(obs: Mapping[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
     """(index, Observation-shaped view) of every component of a panel Observation."""
     components = obs.get("component")
