@@ -166,6 +166,17 @@ def test_an_administration_id_that_is_not_an_id_is_never_echoed(client: Any, bad
     assert "x10" not in text and "{" not in text and "True" not in text
 
 
+def test_an_unresolvable_medication_reference_is_quoted_as_written_not_as_a_python_repr(client: Any) -> None:
+    given = administration("2026-11-14T10:00:00Z", 1)
+    del given["medicationCodeableConcept"]
+    given["medicationReference"] = {"reference": "Medication/kit\x10"}
+    response = client.post(SIGN, json=hook_request(drafts=[tarlatamab_order(PLANNED)], administrations=[given]))
+    check_response(response)
+    text = all_card_text(response.get_json()["cards"])
+    assert "could not be resolved" in text
+    assert "x10" not in text and "\\" not in text
+
+
 # --- limits ---------------------------------------------------------------------------------------------------
 
 

@@ -623,6 +623,36 @@ def test_12_an_unidentifiable_draft_alone_still_gets_a_data_quality_warning(engi
     assert cards(engine, request(drafts=[oral])) == []  # identified, not tarlatamab: no card
 
 
+@pytest.mark.parametrize(
+    ("status", "reported"),
+    [("completed", True), ("in-progress", True), ("stopped", True), ("on-hold", True), ("unknown", True),
+     ("not-done", False), ("entered-in-error", False)],
+)  # fmt: skip
+def test_12_a_given_administration_whose_medication_cannot_be_identified_is_a_warning(
+    engine: Engine, status: str, reported: bool
+) -> None:
+    """A dose given of an unidentifiable medication may be a tarlatamab dose the schedule did not count: a
+    completed or stopped administration was given, so it is reported (an order in those statuses is not active)."""
+    given = administration("2026-11-14T10:00:00Z", 1, aid="adm-unknown-kit", status=status)
+    del given["medicationCodeableConcept"]
+    given["medicationReference"] = {"reference": "Medication/kit-not-in-the-record"}
+    found = cards(engine, request(drafts=[tarlatamab_order(PLANNED, 1)], administrations=[given]))
+    named = [c for c in found if "MedicationAdministration/adm-unknown-kit" in c["detail"]]
+    assert bool(named) is reported, [c["summary"] for c in found]
+    if reported:
+        assert named[0]["source"]["topic"]["code"] == "data-quality" and named[0]["indicator"] == "warning"
+        assert "cannot be identified" in named[0]["detail"]
+
+
+def test_12_an_order_no_longer_active_whose_medication_cannot_be_identified_is_not_reported(engine: Engine) -> None:
+    old = tarlatamab_order("2026-10-01T10:00:00Z", 1, oid="old-unknown-order")
+    del old["medicationCodeableConcept"]
+    old["medicationReference"] = {"reference": "Medication/gone"}
+    old["status"] = "completed"
+    found = cards(engine, request(drafts=[tarlatamab_order(PLANNED, 1), old]))
+    assert not [c for c in found if "old-unknown-order" in c["detail"]]
+
+
 def test_12_a_malformed_element_the_anc_hold_never_reads_keeps_the_hold_in_patient_view(engine: Engine) -> None:
     low = lab("anc", 0.4, "2026-11-21T07:00:00Z", oid="anc-low")
     low["referenceRange"] = {"low": {"value": 1.8}}  # an object, not a list: the ANC threshold is absolute

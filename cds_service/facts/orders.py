@@ -390,7 +390,10 @@ def unidentified_medications(
         rtype = r.get("resourceType")
         if rtype not in ("MedicationRequest", "MedicationAdministration"):
             continue
-        if _text(r.get("status")) in _INACTIVE_REQUEST | _NOT_GIVEN or index.identified(r):
+        # An order that is no longer active, or a dose that was not given, cannot be a tarlatamab the checks
+        # missed. A completed or stopped *administration* was given: unidentified, it is reported.
+        inactive = _INACTIVE_REQUEST if rtype == "MedicationRequest" else _NOT_GIVEN
+        if _text(r.get("status")) in inactive or index.identified(r):
             continue
         ref = r.get("medicationReference")
         target = ref.get("reference") if isinstance(ref, dict) else None
