@@ -203,6 +203,10 @@ def _flush_audit_on_exit(_server: Any, worker: Any) -> None:
 
 
 def _configure_logging(level: str) -> None:
+    # The format names no thread: skip looking it up for every record (under gevent, threading.current_thread()
+    # is a greenlet look-up on every request's log line). Python's logging HOWTO, "Optimization".
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     logging.basicConfig(
         level=getattr(logging, level),
         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
