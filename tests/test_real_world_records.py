@@ -653,6 +653,75 @@ def test_12_an_order_no_longer_active_whose_medication_cannot_be_identified_is_n
     assert not [c for c in found if "old-unknown-order" in c["detail"]]
 
 
+EPIC_ACTIVE = {"system": "urn:oid:1.2.840.114350.1.13.0.1.7.4.698084.10000", "code": "1", "display": "Active"}
+HL7_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+HL7_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+
+
+def quality_cards(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [c for c in found if c["source"]["topic"]["code"] == "data-quality"]
+
+
+@pytest.mark.parametrize(
+    ("clinical_status", "held", "warned"),
+    [
+        # a local status coding first (as EHRs send), the FHIR code second: the FHIR code is read
+        ({"coding": [EPIC_ACTIVE, {"system": HL7_CLINICAL, "code": "active"}], "text": "Active"}, True, False),
+        ({"coding": [{"code": "relapse"}]}, True, False),  # no system: FHIR's code is still recognised
+        # no FHIR clinical status code at all: never read as ended; taken as active and reported
+        ({"coding": [{"system": HL7_CLINICAL, "code": "Active"}]}, True, True),
+        ({"coding": [EPIC_ACTIVE]}, True, True),
+        ({"text": "Active"}, True, True),
+        # conflicting FHIR codes: not known to have ended
+        ({"coding": [{"system": HL7_CLINICAL, "code": "resolved"}, {"system": HL7_CLINICAL, "code": "active"}]},
+         True, False),
+        ({"coding": [EPIC_ACTIVE, {"system": HL7_CLINICAL, "code": "resolved"}]}, False, False),
+    ],
+)  # fmt: skip
+def test_12_condition_clinical_status_is_read_from_fhir_codings_never_an_unknown_code_as_resolved(
+    engine: Engine, clinical_status: dict[str, Any], held: bool, warned: bool
+) -> None:
+    crs = crs_condition(1, "2026-11-18T10:00:00Z", cid="crs-episode")
+    crs["clinicalStatus"] = clinical_status
+    found = cards(engine, request(drafts=[tarlatamab_order(PLANNED, 10)], administrations=C1D1_GIVEN, conditions=[crs]))
+    assert bool(rule_cards(found, "crs.active")) is held, [c["summary"] for c in found]
+    warnings = [c for c in quality_cards(found) if "Condition/crs-episode" in c["detail"]]
+    assert bool(warnings) is warned
+    if warned:
+        assert "is not a FHIR code: taken as active" in warnings[0]["detail"]
+
+
+def test_12_condition_without_a_fhir_clinical_status_but_with_an_abatement_has_ended_and_is_reported(
+    engine: Engine,
+) -> None:
+    crs = crs_condition(1, "2026-11-10T10:00:00Z", cid="crs-episode")
+    crs["clinicalStatus"] = {"coding": [EPIC_ACTIVE]}
+    crs["abatementDateTime"] = "2026-11-12T10:00:00Z"
+    found = cards(engine, request(drafts=[tarlatamab_order(PLANNED, 10)], administrations=C1D1_GIVEN, conditions=[crs]))
+    assert not rule_cards(found, "crs.active")
+    (warning,) = [c for c in quality_cards(found) if "Condition/crs-episode" in c["detail"]]
+    assert "is not a FHIR code: taken as ended (abatement recorded)" in warning["detail"]
+
+
+def test_12_verification_status_entered_in_error_is_read_behind_a_local_coding(engine: Engine) -> None:
+    crs = crs_condition(1, "2026-11-18T10:00:00Z", cid="crs-episode")
+    crs["verificationStatus"] = {"coding": [EPIC_ACTIVE, {"system": HL7_VERIFICATION, "code": "entered-in-error"}]}
+    found = cards(engine, request(drafts=[tarlatamab_order(PLANNED, 10)], administrations=C1D1_GIVEN, conditions=[crs]))
+    assert not rule_cards(found, "crs.active")
+
+
+def test_12_a_pregnancy_condition_with_a_local_status_coding_first_is_still_a_pregnancy(engine: Engine) -> None:
+    pregnant = condition(SNOMED, "77386006", "Pregnant", "2026-11-17", cid="preg-1")
+    pregnant["clinicalStatus"] = {"coding": [EPIC_ACTIVE, {"system": HL7_CLINICAL, "code": "active"}]}
+    woman = patient(gender="female", birth_date="1994-03-02")
+    found = cards(engine, request(drafts=[tarlatamab_order(PLANNED, 1)], patient_resource=woman, conditions=[pregnant]))
+    assert rule_cards(found, "pregnancy.pregnant"), [c["summary"] for c in found]
+    pregnant["clinicalStatus"] = {"text": "Active"}
+    found = cards(engine, request(drafts=[tarlatamab_order(PLANNED, 1)], patient_resource=woman, conditions=[pregnant]))
+    assert rule_cards(found, "pregnancy.pregnant")
+    assert any("Condition/preg-1" in c["detail"] for c in quality_cards(found))
+
+
 def test_12_a_malformed_element_the_anc_hold_never_reads_keeps_the_hold_in_patient_view(engine: Engine) -> None:
     low = lab("anc", 0.4, "2026-11-21T07:00:00Z", oid="anc-low")
     low["referenceRange"] = {"low": {"value": 1.8}}  # an object, not a list: the ANC threshold is absolute

@@ -84,6 +84,7 @@ class ConditionView:
     active: bool
     onset: When | None
     resolved: When | None
+    status_readable: bool = True
 
     @property
     def onset_at(self) -> datetime | None:
@@ -111,6 +112,7 @@ def condition_views(conditions: Iterable[dict[str, Any]], protocol: Protocol) ->
                     active=status.active,
                     onset=status.onset,
                     resolved=status.resolved,
+                    status_readable=status.status_readable,
                 )
             )
     return out
@@ -120,10 +122,27 @@ def _display(concept: Any, fallback: str) -> str:
     text = concept.get("text") if isinstance(concept, dict) else None
     return text if isinstance(text, str) and text.strip() else fallback
 
+def status_issue(view: ConditionView, affects: str) -> DataIssue:
+    """The warning for a Condition whose clinicalStatus holds no FHIR clinical status code."""
+    taken = "active" if view.active else "ended (abatement recorded)"
+    return DataIssue(
+        "unusable",
+        "conditions",
+        f"clinical status of {affects.lower()} Condition ({view.display}) is not a FHIR code: taken as {taken}.",
+        view.reference,
+        "clinicalStatus",
+        affects,
+    )
+
+
 def valid_condition(view: ConditionView, issues: list[DataIssue], affects: str, checked: dict[str, bool]) -> bool:
+    """Whether a Condition a check uses can be read (its problem reported once if not; an unreadable clinical
+    status is reported too, the condition is still used)."""
     if view.reference not in checked:
         problem = first_problem(view.resource, cond_reading.READ_ELEMENTS)
         checked[view.reference] = problem is None
+        if problem is None and not view.status_readable:
+            issues.append(status_issue(view, affects))
         if problem is not None:
             element, message = problem
             issues.append(
@@ -358,9 +377,13 @@ def pregnancy_evidence(
         )
     pregnancy_codes = {str(c) for c in protocol.section("conditions")["pregnancy_snomed"]}
     snomed = protocol.section("systems")["snomed"]
+    reported: set[str] = set()
     for view in views:
         if view.system != snomed or view.code not in pregnancy_codes:
             continue
+        if not view.status_readable and view.reference not in reported:
+            reported.add(view.reference)
+            issues.append(status_issue(view, "Pregnancy"))
         if view.active:  # an active pregnancy without a date is taken as current
             onset = view.onset_at or now
             evidence.append(

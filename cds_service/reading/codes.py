@@ -44,10 +44,6 @@ def concept_text(concept: Any) -> str:
     return " ".join(p for p in parts if isinstance(p, str)).lower()
 
 
-def first_code(concept: Any) -> str | None:
-    return next((code for _, code, _ in codings(concept) if code), None)
-
-
 @functools.lru_cache(maxsize=4096)  # the same product codes recur on every record of every request
 def ndc_products(code: str) -> frozenset[str]:
     """The 9-digit (5-4) product codes an NDC in any form may denote (empty when it is not an NDC)."""
