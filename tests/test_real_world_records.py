@@ -318,6 +318,22 @@ def test_12_administration_status_on_hold_and_unknown_count_as_given(engine: Eng
     assert not rule_cards(found, "data-quality.dose-history")
 
 
+@pytest.mark.parametrize("status", [None, "Completed", "given", 42, ["completed"]], ids=repr)
+def test_12_administration_without_a_fhir_status_counts_as_given_and_is_reported(engine: Engine, status: Any) -> None:
+    """Only a record that says the dose was not given leaves the schedule; a missing or unknown status is
+    malformed, and dropping it would move every later dose (here C2D1 would pass for C1D15)."""
+    doses = history(("2026-11-06T09:00:00Z", 1), ("2026-11-13T09:00:00Z", 10), ("2026-11-20T09:00:00Z", 10))
+    if status is None:
+        del doses[2]["status"]
+    else:
+        doses[2]["status"] = status
+    found = cards(engine, request(drafts=[tarlatamab_order(PLANNED, 10)], administrations=doses))
+    assert rule_cards(found, "schedule.too-early"), [c["summary"] for c in found]
+    (quality,) = [c for c in found if c["source"]["topic"]["code"] == "data-quality"]
+    assert "MedicationAdministration/adm-2" in quality["detail"]
+    assert "the schedule position assumes it was given" in quality["detail"]
+
+
 def test_12_dose_in_history_from_product_and_data_quality_once_per_request(engine: Engine) -> None:
     from_kit = administration("2026-11-14T09:00:00Z", 1, aid="c1d1")
     del from_kit["dosage"]["dose"]

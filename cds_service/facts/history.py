@@ -124,8 +124,9 @@ def read_administration(
         issues.append(
             _issue(
                 reference,
-                f"A tarlatamab dose of {when.local_date.isoformat()} has status 'unknown'; the schedule position "
-                "assumes it was given.",
+                f"A tarlatamab dose of {when.local_date.isoformat()} has "
+                + ("status 'unknown'" if adm_reading.status_written(resource) else "no FHIR status")
+                + "; the schedule position assumes it was given.",
                 "status",
                 affects="schedule position (assumed given)",
             )
