@@ -179,8 +179,11 @@ def test_unidentifiable_medication(protocol: Protocol) -> None:
 def test_status_policy_of_observations() -> None:
     classes = {s: obs_reading.status_class({"status": s}) for s in ("final", "amended", "corrected", "preliminary")}
     assert classes == {"final": "final", "amended": "final", "corrected": "final", "preliminary": "preliminary"}
-    for status in ("registered", "cancelled", "entered-in-error", "unknown", None):
+    for status in ("registered", "cancelled", "entered-in-error", "unknown"):
         assert obs_reading.status_class({"status": status}) == "not-a-result"
+    for malformed in (None, "FINAL", "done", 1, ["final"]):  # never dropped as if it were not a result
+        assert obs_reading.status_class({"status": malformed}) == "malformed"
+    assert obs_reading.status_class({}) == "malformed"
 
 
 def test_panel_components_are_presented_as_observations() -> None:

@@ -63,6 +63,10 @@ def rule_cards(found: list[dict[str, Any]], rule_id: str) -> list[dict[str, Any]
     return [c for c in found if rule_id in card_rules(c)]
 
 
+def quality_cards(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [c for c in found if c["source"]["topic"]["code"] == "data-quality"]
+
+
 def history(*doses: tuple[str, float]) -> list[dict[str, Any]]:
     return [administration(when, mg, aid=f"adm-{i}") for i, (when, mg) in enumerate(doses)]
 
@@ -292,6 +296,47 @@ def test_12_observation_status_preliminary_raises_never_satisfies_or_clears(engi
     cancelled = [*others, lab("anc", 0.2, DRAWN, status="cancelled")]
     found = cards(engine, request(observations=cancelled, administrations=C1D1_GIVEN))
     assert rule_cards(found, "labs.missing") and not rule_cards(found, "lab-hold.anc")
+
+
+@pytest.mark.parametrize("status", [None, "FINAL", "done", ["final"]], ids=repr)
+def test_12_a_lab_with_no_fhir_status_is_malformed_reported_and_no_older_result_stands_in(
+    engine: Engine, status: Any
+) -> None:
+    newer = lab("anc", 0.5, "2026-11-20T07:30:00Z", oid="anc-newest")
+    if status is None:
+        del newer["status"]
+    else:
+        newer["status"] = status
+    older = lab("anc", 3.4, "2026-11-19T07:30:00Z", oid="anc-older")
+    labs = [*normal_labs(DRAWN)[1:], newer, older]
+    found = cards(engine, request(administrations=C1D1_GIVEN, observations=labs))
+    assert rule_cards(found, "labs.missing"), [c["summary"] for c in found]  # 3.4 of the day before does not count
+    (quality,) = quality_cards(found)
+    assert "Observation/anc-newest" in quality["detail"] and "not a FHIR Observation status" in quality["detail"]
+    # the same record with a cancelled status is not a result: the older one is then the newest result
+    newer["status"] = "cancelled"
+    found = cards(engine, request(administrations=C1D1_GIVEN, observations=labs))
+    assert not rule_cards(found, "labs.missing") and not quality_cards(found)
+
+
+@pytest.mark.parametrize("status", [None, "Final"], ids=repr)
+def test_12_a_grade_or_pregnancy_test_with_no_fhir_status_is_reported_not_dropped(engine: Engine, status: Any) -> None:
+    grade = grade_observation("crs-grade", 3, "2026-11-18T10:00:00Z", oid="crs-grade-1")
+    positive = hcg_urine(True, "2026-11-19T08:00:00Z")
+    positive["id"] = "hcg-1"
+    for record in (grade, positive):
+        if status is None:
+            del record["status"]
+        else:
+            record["status"] = status
+    woman = patient(gender="female", birth_date="1994-03-02")
+    found = cards(
+        engine,
+        request(drafts=[tarlatamab_order(PLANNED, 1)], patient_resource=woman, observations=[
+            *normal_labs(DRAWN), grade, positive]),
+    )
+    detail = "\n".join(c["detail"] for c in quality_cards(found))
+    assert "Observation/crs-grade-1" in detail and "Observation/hcg-1" in detail, [c["summary"] for c in found]
 
 
 def test_12_preliminary_crs_grade_raises_a_hold(engine: Engine) -> None:
@@ -672,10 +717,6 @@ def test_12_an_order_no_longer_active_whose_medication_cannot_be_identified_is_n
 EPIC_ACTIVE = {"system": "urn:oid:1.2.840.114350.1.13.0.1.7.4.698084.10000", "code": "1", "display": "Active"}
 HL7_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 HL7_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
-
-
-def quality_cards(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [c for c in found if c["source"]["topic"]["code"] == "data-quality"]
 
 
 @pytest.mark.parametrize(

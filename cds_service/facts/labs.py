@@ -123,6 +123,9 @@ def lab_result(obs: dict[str, Any], reading: AnalyteReading, when: When) -> LabR
     problem = converted.problem
     if quantity is None:
         problem = _absent_reason(obs) or ("value is not a quantity" if _has_other_value(obs) else "no value")
+    status = obs_reading.status_class(obs)
+    if status == "malformed":
+        problem = obs_reading.MALFORMED_STATUS
     uln, uln_source = _uln(obs, reading, quantity)
     return LabResult(
         analyte=reading.analyte,
@@ -137,13 +140,15 @@ def lab_result(obs: dict[str, Any], reading: AnalyteReading, when: When) -> LabR
         uln_source=uln_source,  # type: ignore[arg-type]
         problem=problem,
         comparator=converted.comparator if problem is None else None,
-        preliminary=obs_reading.status_class(obs) == "preliminary",
+        preliminary=status == "preliminary",
         exact=when.exact,
     )
 
 
 def _problem_element(result: LabResult, obs: dict[str, Any]) -> str:
     problem = result.problem or ""
+    if problem == obs_reading.MALFORMED_STATUS:
+        return obs_reading.element_path(obs, "status")
     if "data absent" in problem:
         element = "dataAbsentReason"
     elif "unit" in problem:

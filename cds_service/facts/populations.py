@@ -345,7 +345,11 @@ def pregnancy_evidence(
                 continue
             if (now - when.moment).days > lookback:
                 continue  # too old to say anything about a current pregnancy
-            reading = _pregnancy_from_observation(key, obs, when, protocol)
+            reading = (
+                obs_reading.MALFORMED_STATUS
+                if obs_reading.status_class(obs) == "malformed"
+                else _pregnancy_from_observation(key, obs, when, protocol)
+            )
             if isinstance(reading, str):
                 unreadable.append((reading, obs))
             elif obs_reading.status_class(obs) == "preliminary":

@@ -63,6 +63,9 @@ def grade_point(obs: dict[str, Any], local_kind: str, protocol: Protocol, issues
     status = obs_reading.status_class(obs)
     if status == "not-a-result":
         return None
+    if status == "malformed":
+        issues.append(_issue(f"{label}: {obs_reading.MALFORMED_STATUS}; not used.", reference, "status", label))
+        return None
     when = obs_reading.observation_when(obs)
     if when is None:
         issues.append(
@@ -80,7 +83,12 @@ def grade_point(obs: dict[str, Any], local_kind: str, protocol: Protocol, issues
     if grade is None:
         quantity = obs.get("valueQuantity")
         raw = obs.get("valueInteger", quantity.get("value") if isinstance(quantity, dict) else None)
-        shown = "no value" if raw is None else f"value {raw}"
+        if raw is None:
+            shown = "no value"
+        elif isinstance(raw, int | float | str) and not isinstance(raw, bool):
+            shown = f"value {raw}"
+        else:
+            shown = "a value that is not a number"
         issues.append(
             _issue(
                 f"{label} of {when.local_date.isoformat()} has {shown}, outside {low}-{high}: invalid, not used.",

@@ -2,7 +2,9 @@
 
 Status policy: `final`, `amended`, `corrected` are results; `preliminary` may raise a finding (the card says
 it is preliminary) but never satisfies a required lab and never clears a hold; `registered`, `cancelled`,
-`entered-in-error`, `unknown` (and anything else) are not results.
+`entered-in-error`, `unknown` are not results. A record with no status, or one that is not a FHIR Observation
+status ("FINAL", "done"), is malformed: it is kept, and read as an unusable record (reported; no older result
+stands in for it), never dropped as if it were not a result.
 
 Panels: a lab recognised by its code counts whether it is the Observation's own code or a `component` of a
 panel Observation; `component_views` presents each component as an Observation-shaped view (its code, value
@@ -18,8 +20,10 @@ from .dates import When, read_when
 
 FINAL_STATUSES = frozenset({"final", "amended", "corrected"})
 PRELIMINARY_STATUSES = frozenset({"preliminary"})
+NOT_A_RESULT_STATUSES = frozenset({"registered", "cancelled", "entered-in-error", "unknown"})
+MALFORMED_STATUS = "status missing or not a FHIR Observation status"
 
-StatusClass = Literal["final", "preliminary", "not-a-result"]
+StatusClass = Literal["final", "preliminary", "not-a-result", "malformed"]
 
 _COMPONENT_KEYS = ("code", "referenceRange", "interpretation", "dataAbsentReason")
 _TIME_KEYS = ("effectiveDateTime", "effectiveInstant", "effectivePeriod", "issued")
@@ -36,7 +40,9 @@ def status_class(resource: Mapping[str, Any]) -> StatusClass:
         return "final"
     if status in PRELIMINARY_STATUSES:
         return "preliminary"
-    return "not-a-result"
+    if status in NOT_A_RESULT_STATUSES:
+        return "not-a-result"
+    return "malformed"
 
 
 def observation_when(obs: Mapping[str, Any]) -> When | None:
@@ -95,7 +101,8 @@ def classify(
     """Observations (and panel components) by key, from `tables`: system -> code -> key.
 
     Records that are not results (registered, cancelled, entered-in-error, unknown) are left out: a cancelled
-    lab counts as missing. A panel Observation is classified by its own code and by each of its components.
+    lab counts as missing. A record with a malformed status is kept (its reader reports it). A panel Observation
+    is classified by its own code and by each of its components.
     """
     out: dict[str, list[dict[str, Any]]] = {}
     for obs in observations:  # every Observation of the record passes here: plain dict work only
