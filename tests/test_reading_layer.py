@@ -256,3 +256,17 @@ def test_arrows_run_one_way_reading_then_facts_then_rules() -> None:
 def test_a_record_is_named_by_its_id_only_when_it_is_one(resource: dict[str, Any], expected: str) -> None:
     assert identity.reference_of(resource) == expected
     assert identity.reference_of(resource, "MedicationAdministration").split("/", 1)[1] == expected.split("/", 1)[1]
+
+
+def test_records_are_ordered_by_instants_when_both_have_one_else_by_local_dates() -> None:
+    evening_ny = read_when("2026-11-19T22:00:00-05:00")  # instant 2026-11-20T03:00Z, local date 2026-11-19
+    date_only = read_when("2026-11-20")  # read as 2026-11-20T00:00Z for comparisons with "now"
+    no_offset = read_when("2026-11-20T08:00:00")
+    assert evening_ny is not None and date_only is not None and no_offset is not None
+    assert date_only.moment < evening_ny.moment  # the instant alone would put the date-only record first
+    assert evening_ny < date_only and date_only > evening_ny and evening_ny < no_offset
+    utc_morning = read_when("2026-11-20T01:00:00Z")  # local date later, instant earlier than evening_ny
+    assert utc_morning is not None and utc_morning < evening_ny
+    same_day = read_when("2026-11-20T09:00:00Z")
+    assert same_day is not None and date_only < same_day  # same local date: the moment decides, as before
+    assert sorted([same_day, date_only, evening_ny, utc_morning]) == [utc_morning, evening_ny, date_only, same_day]

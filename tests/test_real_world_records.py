@@ -418,6 +418,32 @@ def test_12_dates_crs_at_22h_minus_5_after_a_dose_at_01z_is_after_the_dose(engin
     assert rule_cards(found, "dose.restart-after-crs-grade3")
 
 
+EVENING_NEW_YORK = "2026-11-19T22:00:00-05:00"  # local date 2026-11-19; instant 2026-11-20T03:00Z
+
+
+def test_12_newest_lab_by_local_date_when_one_record_has_no_time(engine: Engine) -> None:
+    """A date-only result of 2026-11-20 is newer than one of the evening before in New York, although that
+    one's instant is later than 2026-11-20T00:00Z: only the newest (0.5) may decide."""
+    newest = lab("anc", 0.5, "2026-11-20")
+    newest["issued"] = "2026-11-20T16:02:00-05:00"  # issued is an instant; effectiveDateTime has no time
+    labs = [*normal_labs(DRAWN)[1:], lab("anc", 3.4, EVENING_NEW_YORK), newest]
+    assert rule_cards(cards(engine, request(administrations=C1D1_GIVEN, observations=labs)), "lab-hold.anc")
+
+
+def test_12_newest_pregnancy_test_by_local_date_when_one_record_has_no_time(engine: Engine) -> None:
+    woman = patient(gender="female", birth_date="1994-03-02")
+    tests = [hcg_urine(False, EVENING_NEW_YORK), hcg_urine(True, "2026-11-20")]
+    found = cards(engine, request(drafts=[tarlatamab_order(PLANNED, 1)], patient_resource=woman, observations=[
+        *normal_labs(DRAWN), *tests]))
+    assert rule_cards(found, "pregnancy.pregnant"), [c["summary"] for c in found]
+
+
+def test_12_grade_order_by_local_date_when_one_record_has_no_time(engine: Engine) -> None:
+    grades = [grade_observation("crs-grade", 0, EVENING_NEW_YORK), grade_observation("crs-grade", 2, "2026-11-20")]
+    found = cards(engine, request(administrations=C1D1_GIVEN, observations=[*normal_labs(DRAWN), *grades]))
+    assert rule_cards(found, "crs.active"), [c["summary"] for c in found]  # grade 2 after the grade 0: active
+
+
 def test_12_site_time_zone_decides_the_planned_date_of_an_untimed_order(tmp_path: Path) -> None:
     untimed = tarlatamab_order(None, 10)
     late = NOW.replace(day=21, hour=3)  # 2026-11-21 03:00Z = 2026-11-20 22:00 in New York

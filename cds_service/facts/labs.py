@@ -208,7 +208,7 @@ def lab_series(
             )
             continue
         dated.append((when, record_id(obs), obs))
-    dated.sort(key=lambda item: (item[0].moment, item[1]), reverse=True)
+    dated.sort(key=lambda item: (item[0], item[1]), reverse=True)
     full = analyte in FULL_HISTORY_ANALYTES and treated_since is not None
     depth = FULL_READ_DEPTH if full else READ_DEPTH
     results: list[LabResult] = []

@@ -335,7 +335,7 @@ def pregnancy_evidence(
 ) -> tuple[PregnancyEvidence, ...]:
     """Pregnancy evidence, newest first. The newest readings are validated down to the first valid one."""
     lookback = int(protocol.section("populations")["pregnancy_positive_lookback_days"])
-    readings: list[tuple[PregnancyEvidence, dict[str, Any]]] = []
+    readings: list[tuple[When, PregnancyEvidence, dict[str, Any]]] = []
     unreadable: list[tuple[str, dict[str, Any]]] = []
     for key in PREGNANCY_KEYS:
         for obs in grouped.get(key, ()):
@@ -355,20 +355,21 @@ def pregnancy_evidence(
             elif obs_reading.status_class(obs) == "preliminary":
                 # A preliminary result may show a pregnancy; it never rules one out (section 12).
                 if reading.status == "pregnant":
-                    readings.append((replace(reading, preliminary=True), obs))
+                    readings.append((when, replace(reading, preliminary=True), obs))
             else:
-                readings.append((reading, obs))
-    readings.sort(key=lambda pair: (pair[0].at, pair[0].reference), reverse=True)
-    evidence: list[PregnancyEvidence] = []
+                readings.append((when, reading, obs))
+    # Newest first by event order (instants when both carry one, local dates otherwise: section 12).
+    readings.sort(key=lambda item: (item[0], item[1].reference), reverse=True)
+    evidence: list[tuple[When, PregnancyEvidence]] = []
     settled = False
-    for reading, obs in readings:
+    for when, reading, obs in readings:
         if not settled and reading.at <= now:
             problem = first_problem(obs, obs_reading.READ_ELEMENTS)
             if problem is not None:
                 unreadable.append((f"not valid FHIR ({problem[0]}: {problem[1]})", obs))
                 continue
             settled = True
-        evidence.append(reading)
+        evidence.append((when, reading))
     for reason, obs in unreadable[:ISSUE_DEPTH]:
         issues.append(
             DataIssue(
@@ -389,22 +390,30 @@ def pregnancy_evidence(
             reported.add(view.reference)
             issues.append(status_issue(view, "Pregnancy"))
         if view.active:  # an active pregnancy without a date is taken as current
-            onset = view.onset_at or now
+            onset = view.onset or When(now.date(), now)
             evidence.append(
-                PregnancyEvidence("pregnant", onset, view.reference, f"condition: {view.display}", source="condition")
+                (
+                    onset,
+                    PregnancyEvidence(
+                        "pregnant", onset.moment, view.reference, f"condition: {view.display}", source="condition"
+                    ),
+                )
             )
         elif view.resolved is not None:
             evidence.append(
-                PregnancyEvidence(
-                    "not-pregnant",
-                    view.resolved.moment,
-                    view.reference,
-                    f"condition ended: {view.display}",
-                    source="condition",
+                (
+                    view.resolved,
+                    PregnancyEvidence(
+                        "not-pregnant",
+                        view.resolved.moment,
+                        view.reference,
+                        f"condition ended: {view.display}",
+                        source="condition",
+                    ),
                 )
             )
-    evidence.sort(key=lambda e: (e.at, e.reference), reverse=True)
-    return tuple(evidence)
+    evidence.sort(key=lambda pair: (pair[0], pair[1].reference), reverse=True)
+    return tuple(e for _, e in evidence)
 
 
 def breastfeeding(

@@ -144,7 +144,7 @@ def episodes_from_series(points: list[GradePoint]) -> list[ToxicityEpisode]:
             by_time[point.at] = point
     episodes: list[ToxicityEpisode] = []
     current: dict[str, Any] | None = None
-    for at in sorted(by_time):
+    for at in sorted(by_time, key=lambda at: When(by_time[at].local_date, at if by_time[at].exact else None)):
         point = by_time[at]
         if point.grade == 0:
             if current is not None:

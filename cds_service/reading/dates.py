@@ -23,8 +23,10 @@ _DATETIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+
 class When:
     """A point in a record: the local date as written and, when a time and offset exist, the instant.
 
-    `moment` is the instant when known, else the start of the local date read as UTC: it sorts records and
-    compares them with the evaluation time; it never decides calendar-day arithmetic.
+    `moment` is the instant when known, else the start of the local date read as UTC: it compares a record with
+    the evaluation time; it never decides calendar-day arithmetic. Records are ordered (newest result, order of
+    grades) by `<`: instants when both carry one, local dates otherwise (a date-only "2026-11-20" is after
+    "2026-11-19T22:00:00-05:00", whose instant is later than 2026-11-20T00:00Z); `moment` breaks ties.
     """
 
     local_date: date
@@ -39,6 +41,21 @@ class When:
     @property
     def exact(self) -> bool:
         return self.instant is not None
+
+    def __lt__(self, other: When) -> bool:
+        order = event_order(self.local_date, self.instant, other.local_date, other.instant)
+        return order < 0 if order else self.moment < other.moment
+
+    def __gt__(self, other: When) -> bool:
+        return other < self
+
+
+def event_order(a_date: date, a_instant: datetime | None, b_date: date, b_instant: datetime | None) -> int:
+    """-1, 0 or 1 as event a is before, at the same time as or after event b: instants when both records carry
+    a time and an offset, local dates otherwise (clinical specification section 12)."""
+    if a_instant is not None and b_instant is not None:
+        return (a_instant > b_instant) - (a_instant < b_instant)
+    return (a_date > b_date) - (a_date < b_date)
 
 
 def read_when(value: Any) -> When | None:
