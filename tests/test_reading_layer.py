@@ -16,7 +16,7 @@ from cds_service.reading import identity
 from cds_service.reading import observations as obs_reading
 from cds_service.reading.codes import ndc_products
 from cds_service.reading.conditions import condition_status
-from cds_service.reading.dates import after, read_when, site_date, site_zone
+from cds_service.reading.dates import after, event_sort_key, read_when, site_date, site_zone
 from cds_service.reading.medications import MedicationIndex, build_catalog, catalog_key, unresolved_reference
 from cds_service.reading.quantities import UCUM, clean, clean_near, convert, decides_above, decides_below
 from cds_service.settings import Settings
@@ -270,3 +270,7 @@ def test_records_are_ordered_by_instants_when_both_have_one_else_by_local_dates(
     same_day = read_when("2026-11-20T09:00:00Z")
     assert same_day is not None and date_only < same_day  # same local date: the moment decides, as before
     assert sorted([same_day, date_only, evening_ny, utc_morning]) == [utc_morning, evening_ny, date_only, same_day]
+    mixed = [same_day, date_only, evening_ny, utc_morning]
+    assert sorted(mixed, key=event_sort_key(mixed)) == [utc_morning, evening_ny, date_only, same_day]
+    exact = [same_day, evening_ny, utc_morning]  # all with instants: sorted by instant, across offsets
+    assert sorted(exact, key=event_sort_key(exact)) == [utc_morning, evening_ny, same_day]

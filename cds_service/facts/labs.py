@@ -21,7 +21,7 @@ from ..fhir_validation import first_problem
 from ..protocol import Protocol
 from ..reading import observations as obs_reading
 from ..reading.codes import codings, concept_text
-from ..reading.dates import When
+from ..reading.dates import When, event_sort_key
 from ..reading.identity import record_id, reference_of
 from ..reading.quantities import convert
 from ..units import analyte_label
@@ -208,7 +208,8 @@ def lab_series(
             )
             continue
         dated.append((when, record_id(obs), obs))
-    dated.sort(key=lambda item: (item[0], item[1]), reverse=True)
+    by_event = event_sort_key(when for when, _, _ in dated)
+    dated.sort(key=lambda item: (by_event(item[0]), item[1]), reverse=True)
     full = analyte in FULL_HISTORY_ANALYTES and treated_since is not None
     depth = FULL_READ_DEPTH if full else READ_DEPTH
     results: list[LabResult] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
 from typing import Any
@@ -48,6 +49,22 @@ class When:
 
     def __gt__(self, other: When) -> bool:
         return other < self
+
+
+def event_sort_key(whens: Iterable[When]) -> Callable[[When], Any]:
+    """A sort key in event order for these records: their instants when every one has an instant (compared in
+    C, the common case), else the records' `When`s themselves (instants or local dates, pair by pair)."""
+    if all(when.instant is not None for when in whens):
+        return _instant_of
+    return _itself
+
+
+def _instant_of(when: When) -> Any:
+    return when.instant
+
+
+def _itself(when: When) -> Any:
+    return when
 
 
 def event_order(a_date: date, a_instant: datetime | None, b_date: date, b_instant: datetime | None) -> int:
