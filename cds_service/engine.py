@@ -32,7 +32,13 @@ from .findings import Finding, SuggestionSpec
 from .hook_request import HookRequest, parse_hook_request
 from .protocol import Protocol, load_protocol
 from .reading.dates import site_zone
-from .reading.medications import build_catalog, is_medication, medication_concept, unresolved_reference
+from .reading.medications import (
+    build_catalog,
+    concept_identifies,
+    is_medication,
+    medication_concept,
+    unresolved_reference,
+)
 from .rules import (
     EvaluationContext,
     administration,
@@ -306,14 +312,15 @@ class Engine:
                 continue
             if is_medication(resource, self.protocol, "tarlatamab", catalog):
                 return True
-            if medication_concept(resource, catalog) is None:
+            if not concept_identifies(medication_concept(resource, catalog)):
                 return True  # a reference to fetch, or a medication that cannot be identified at all
         return False
 
     def _unidentified_drafts(self, request: HookRequest, medications: list[dict[str, Any]]) -> bool:
         catalog = build_catalog(medications)
         return any(
-            resource.get("resourceType") == "MedicationRequest" and medication_concept(resource, catalog) is None
+            resource.get("resourceType") == "MedicationRequest"
+            and not concept_identifies(medication_concept(resource, catalog))
             for resource in request.draft_entries
         )
 

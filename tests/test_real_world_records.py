@@ -21,6 +21,7 @@ from fhir_builders import (
     SNOMED,
     UCUM,
     administration,
+    breastfeeding,
     condition,
     crs_condition,
     dexamethasone_order,
@@ -31,6 +32,7 @@ from fhir_builders import (
     lab,
     normal_labs,
     patient,
+    pregnancy_status,
     saline_order,
     tarlatamab_order,
 )
@@ -803,6 +805,60 @@ def test_12_a_pregnancy_condition_with_a_local_status_coding_first_is_still_a_pr
     found = cards(engine, request(drafts=[tarlatamab_order(PLANNED, 1)], patient_resource=woman, conditions=[pregnant]))
     assert rule_cards(found, "pregnancy.pregnant")
     assert any("Condition/preg-1" in c["detail"] for c in quality_cards(found))
+
+
+@pytest.mark.parametrize(("event", "shown"), [({"\x10": None}, "an object"), (20261121, "20261121"), (True, "true")])
+def test_12_a_planned_time_that_is_not_text_is_named_by_its_kind_never_its_repr(
+    engine: Engine, event: Any, shown: str
+) -> None:
+    order = tarlatamab_order(PLANNED, 10)
+    order["dosageInstruction"][0]["timing"] = {"event": [event]}
+    text = "\n".join(c["detail"] for c in cards(engine, request(drafts=[order], administrations=C1D1_GIVEN)))
+    assert f"The planned administration time '{shown}' has no full date" in text
+    assert "x10" not in text and "{" not in text and "None" not in text
+
+
+def test_12_an_unrecognised_breastfeeding_answer_is_reported_never_read_as_no(engine: Engine) -> None:
+    woman = patient(gender="female", birth_date="1994-03-02")
+    answer = breastfeeding("2026-11-19T08:00:00Z")
+    answer["id"] = "bf-1"
+    answer["valueCodeableConcept"]["coding"][0]["code"] = "LA-unknown"
+    found = cards(engine, request(patient_resource=woman, administrations=C1D1_GIVEN, observations=[
+        *normal_labs(DRAWN), pregnancy_status(False, DRAWN), answer]))
+    assert any("Observation/bf-1" in c["detail"] for c in quality_cards(found)), [c["summary"] for c in found]
+    answer["valueCodeableConcept"]["coding"][0]["code"] = "LA29253-4"  # not currently breastfeeding
+    found = cards(engine, request(patient_resource=woman, administrations=C1D1_GIVEN, observations=[
+        *normal_labs(DRAWN), pregnancy_status(False, DRAWN), answer]))
+    assert not quality_cards(found) and not rule_cards(found, "lactation.breastfeeding")
+
+
+@pytest.mark.parametrize("concept", [{}, {"coding": []}, {"text": " "}], ids=repr)
+def test_12_a_draft_with_an_empty_medication_concept_gets_the_identity_warning(engine: Engine, concept: Any) -> None:
+    unknown = tarlatamab_order(PLANNED, 10, oid="order-empty-concept")
+    unknown["medicationCodeableConcept"] = concept
+    found = cards(engine, request(drafts=[unknown]))
+    assert topics(found) == [("data-quality", "warning")]
+    assert "MedicationRequest/order-empty-concept" in found[0]["detail"]
+
+
+@pytest.mark.parametrize("gender", ["F", "Female", "NaN"])
+def test_12_a_gender_that_is_not_a_fhir_code_is_read_as_unknown_so_the_pregnancy_check_applies(
+    engine: Engine, gender: str
+) -> None:
+    person = patient(gender="female", birth_date="1990-02-02")
+    person["gender"] = gender
+    found = cards(engine, request(drafts=[tarlatamab_order(PLANNED, 1)], patient_resource=person, observations=[
+        *normal_labs(DRAWN), pregnancy_status(True, DRAWN)]))
+    assert rule_cards(found, "pregnancy.pregnant"), [c["summary"] for c in found]
+    assert any("not a FHIR gender code" in c["detail"] for c in quality_cards(found))
+
+
+def test_12_a_birth_date_in_the_future_gives_no_age(engine: Engine) -> None:
+    person = patient(gender="female", birth_date="2030-01-01")
+    found = cards(engine, request(drafts=[tarlatamab_order(PLANNED, 1)], patient_resource=person))
+    text = "\n".join(f"{c['summary']}\n{c['detail']}" for c in found)
+    assert "-4" not in text and "years old" not in text
+    assert any("2030-01-01" in c["detail"] and "age could not be determined" in c["detail"] for c in quality_cards(found))
 
 
 def test_12_a_malformed_element_the_anc_hold_never_reads_keeps_the_hold_in_patient_view(engine: Engine) -> None:

@@ -57,7 +57,7 @@ def build_clinical_facts(
 ) -> ClinicalFacts:
     """`treated_since`: the local date of the first tarlatamab dose (liver results are read back to it)."""
     issues: list[DataIssue] = []
-    birth_date, gender = patient_facts(resources.get("patient") or [], issues)
+    birth_date, gender = patient_facts(resources.get("patient") or [], issues, now.date())
     grouped = classify_observations(resources.get("observations") or (), protocol)
     labs = build_labs(grouped, protocol, now, issues, treated_since)
     points = observation_points(grouped, protocol, issues)

@@ -130,7 +130,7 @@ def planned_date_of(resource: dict[str, Any]) -> tuple[date | None, PlannedSourc
             day = local_date(events[0])
             if day is not None:
                 return day, "timing.event", None
-            unreadable = unreadable or str(events[0])
+            unreadable = unreadable or as_written(events[0])
     for instruction in instructions:
         timing = instruction.get("timing")
         repeat = timing.get("repeat") if isinstance(timing, dict) else None
@@ -139,7 +139,7 @@ def planned_date_of(resource: dict[str, Any]) -> tuple[date | None, PlannedSourc
             day = local_date(bounds["start"])
             if day is not None:
                 return day, "timing.repeat.boundsPeriod.start", unreadable
-            unreadable = unreadable or str(bounds["start"])
+            unreadable = unreadable or as_written(bounds["start"])
     return None, None, unreadable
 
 

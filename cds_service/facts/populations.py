@@ -36,7 +36,15 @@ def _items(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def patient_facts(patients: list[dict[str, Any]], issues: list[DataIssue]) -> tuple[date | None, str | None]:
+FHIR_GENDERS = frozenset({"male", "female", "other", "unknown"})
+
+
+def patient_facts(
+    patients: list[dict[str, Any]], issues: list[DataIssue], today: date | None = None
+) -> tuple[date | None, str | None]:
+    """(birth date, gender): None for what cannot be read, reported. A gender that is not a FHIR code ("F") is
+    read as absent, so checks that apply to female or unknown patients still apply; a birth date after `today`
+    gives no age."""
     patient = next((p for p in patients if isinstance(p, dict) and p.get("resourceType") == "Patient"), None)
     if patient is None:
         return None, None
@@ -50,6 +58,18 @@ def patient_facts(patients: list[dict[str, Any]], issues: list[DataIssue]) -> tu
             DataIssue("unusable", "patient", f"The Patient resource is not valid FHIR ({message}).", reference, element)
         )
     gender = patient.get("gender") if isinstance(patient.get("gender"), str) and "gender" not in bad_elements else None
+    if gender is not None and gender not in FHIR_GENDERS:
+        issues.append(
+            DataIssue(
+                "unusable",
+                "patient",
+                f"The gender '{gender}' is not a FHIR gender code: read as unknown.",
+                reference,
+                "gender",
+                affects="gender",
+            )
+        )
+        gender = None
     raw_birth = patient.get("birthDate")
     birth: date | None = None
     if raw_birth is None:
@@ -59,6 +79,8 @@ def patient_facts(patients: list[dict[str, Any]], issues: list[DataIssue]) -> tu
     elif isinstance(raw_birth, str) and _DATE_RE.match(raw_birth) and "birthDate" not in bad_elements:
         parsed = read_when(raw_birth)
         birth = parsed.local_date if parsed else None
+        if birth is not None and today is not None and birth > today:
+            birth = None
     if raw_birth is not None and birth is None:
         issues.append(
             DataIssue(
@@ -420,6 +442,7 @@ def breastfeeding(
     observations: list[dict[str, Any]], protocol: Protocol, issues: list[DataIssue]
 ) -> tuple[tuple[bool, datetime, str], ...]:
     answers = set(protocol.section("answers")["breastfeeding_loinc_answers"])
+    not_answers = set(protocol.section("answers")["not_breastfeeding_loinc_answers"])
     out: list[tuple[bool, datetime, str]] = []
     for obs in observations:
         when = obs_reading.observation_when(obs)
@@ -444,6 +467,18 @@ def breastfeeding(
                     "observations",
                     "Breastfeeding status could not be read: the answer "
                     f"'{concept_text(obs.get('valueCodeableConcept')) or 'no text'}' has no code.",
+                    reference,
+                    "valueCodeableConcept",
+                    affects="breastfeeding",
+                )
+            )
+            continue
+        if not codes & (answers | not_answers):
+            issues.append(
+                DataIssue(
+                    "unusable",
+                    "observations",
+                    "Breastfeeding status could not be read: its answer code is not a breastfeeding answer.",
                     reference,
                     "valueCodeableConcept",
                     affects="breastfeeding",

@@ -172,11 +172,15 @@ class MedicationIndex:
 
     def identified(self, resource: Mapping[str, Any]) -> bool:
         """Whether the medication can be identified at all (a code or a text)."""
-        concept = self.concept(resource)
-        if concept is None:
-            return False
-        text = concept.get("text")
-        return bool((isinstance(text, str) and text.strip()) or any(c or d for _, c, d in codings(concept)))
+        return concept_identifies(self.concept(resource))
+
+
+def concept_identifies(concept: Mapping[str, Any] | None) -> bool:
+    """Whether a medication concept names anything (a code, a display or a text): `{}` does not."""
+    if concept is None:
+        return False
+    text = concept.get("text")
+    return bool((isinstance(text, str) and text.strip()) or any(c or d for _, c, d in codings(concept)))
 
 
 def is_medication(

@@ -122,6 +122,8 @@ def as_written(raw: Any) -> str:
         return raw
     if isinstance(raw, bool):
         return "true" if raw else "false"
+    if isinstance(raw, int | float):
+        return number_text(raw)
     return "a list" if isinstance(raw, list) else "an object" if isinstance(raw, Mapping) else type(raw).__name__
 
 
