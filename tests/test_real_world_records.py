@@ -446,6 +446,28 @@ def test_12_grade_order_by_local_date_when_one_record_has_no_time(engine: Engine
     assert rule_cards(found, "crs.active"), [c["summary"] for c in found]  # grade 2 after the grade 0: active
 
 
+AHEAD = "2026-11-21T12:00:00Z"  # three hours after the evaluation time (a local time written as UTC, a clock ahead)
+
+
+def test_12_a_lab_dated_after_the_check_is_reported_an_older_one_never_decides_silently(engine: Engine) -> None:
+    ahead = lab("anc", 0.4, AHEAD, oid="anc-ahead")
+    found = cards(engine, request(administrations=C1D1_GIVEN, observations=[*normal_labs(DRAWN), ahead]))
+    (quality,) = quality_cards(found)
+    assert "Observation/anc-ahead" in quality["detail"] and "after the time of this check" in quality["detail"]
+    assert not quality_cards(cards(engine, request(administrations=C1D1_GIVEN, observations=normal_labs(DRAWN))))
+
+
+def test_12_a_grade_or_pregnancy_test_dated_after_the_check_is_reported(engine: Engine) -> None:
+    woman = patient(gender="female", birth_date="1994-03-02")
+    grade = grade_observation("crs-grade", 3, AHEAD, oid="crs-ahead")
+    positive = pregnancy_status(True, AHEAD)
+    positive["id"] = "preg-ahead"
+    found = cards(engine, request(drafts=[tarlatamab_order(PLANNED, 1)], patient_resource=woman, observations=[
+        *normal_labs(DRAWN), grade, positive]))
+    detail = "\n".join(c["detail"] for c in quality_cards(found))
+    assert "Observation/crs-ahead" in detail and "Observation/preg-ahead" in detail, [c["summary"] for c in found]
+
+
 def test_12_site_time_zone_decides_the_planned_date_of_an_untimed_order(tmp_path: Path) -> None:
     untimed = tarlatamab_order(None, 10)
     late = NOW.replace(day=21, hour=3)  # 2026-11-21 03:00Z = 2026-11-20 22:00 in New York

@@ -32,7 +32,7 @@ from .populations import (
     unique,
     valid_condition,
 )
-from .toxicity import build_episodes, observation_points
+from .toxicity import build_episodes, observation_points, report_future_points
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ def build_clinical_facts(
     grouped = classify_observations(resources.get("observations") or (), protocol)
     labs = build_labs(grouped, protocol, now, issues, treated_since)
     points = observation_points(grouped, protocol, issues)
+    report_future_points(points, now, issues)
 
     views = condition_views(resources.get("conditions") or (), protocol)
     checked: dict[str, bool] = {}

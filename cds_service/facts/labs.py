@@ -145,6 +145,18 @@ def lab_result(obs: dict[str, Any], reading: AnalyteReading, when: When) -> LabR
     )
 
 
+def future_issue(label: str, when: When, reference: str, dataset: str) -> DataIssue:
+    """The warning for a record dated after the evaluation time (it is not used)."""
+    shown = when.instant.isoformat() if when.instant is not None else when.local_date.isoformat()
+    return DataIssue(
+        "unusable",
+        dataset,
+        f"{label} record dated {shown}, after the time of this check: not used; check the record's date and time.",
+        reference,
+        affects=label,
+    )
+
+
 def _problem_element(result: LabResult, obs: dict[str, Any]) -> str:
     problem = result.problem or ""
     if problem == obs_reading.MALFORMED_STATUS:
@@ -215,10 +227,15 @@ def lab_series(
     results: list[LabResult] = []
     elements_read = read_elements(analyte, protocol)
     reading = AnalyteReading.of(analyte, protocol)
-    read = reported = 0
+    read = reported = future = 0
     settled = False
     for when, _, obs in dated:
         past = when.moment <= now
+        if not past and future < ISSUE_DEPTH:
+            # A result "from the future" (a local time written as UTC, a clock ahead) is never read, so an older
+            # one would decide in its place: say so.
+            future += 1
+            issues.append(future_issue(analyte_label(analyte), when, reference_of(obs), "observations"))
         if past:
             if read >= depth or (settled and not full):
                 break

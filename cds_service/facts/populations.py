@@ -22,7 +22,7 @@ from ..reading.dates import When, read_when
 from ..reading.identity import reference_of
 from ..reading.quantities import as_written, decides_below
 from ..units import canonical_unit
-from .labs import PREGNANCY_KEYS, convert_lab
+from .labs import PREGNANCY_KEYS, convert_lab, future_issue
 from .model import CodedCondition, DataIssue, GradePoint, PregnancyEvidence, ToxicityEpisode
 from .toxicity import condition_episode
 
@@ -385,6 +385,8 @@ def pregnancy_evidence(
     evidence: list[tuple[When, PregnancyEvidence]] = []
     settled = False
     for when, reading, obs in readings:
+        if reading.at > now:
+            issues.append(future_issue("Pregnancy", when, reading.reference, "observations"))
         if not settled and reading.at <= now:
             problem = first_problem(obs, obs_reading.READ_ELEMENTS)
             if problem is not None:

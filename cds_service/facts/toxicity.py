@@ -25,6 +25,7 @@ from ..protocol import Protocol
 from ..reading import observations as obs_reading
 from ..reading.dates import When
 from ..reading.identity import reference_of
+from .labs import future_issue
 from .model import DataIssue, GradePoint, ToxicityEpisode
 
 _KIND_OF_LOCAL = {"crs_grade": "crs", "icans_grade": "icans", "neurotox_grade": "neurotox", "ice_score": "icans"}
@@ -129,6 +130,15 @@ def observation_points(
             if point is not None:
                 points.append(point)
     return points
+
+
+def report_future_points(points: list[GradePoint], now: datetime, issues: list[DataIssue]) -> None:
+    """A grade or ICE score dated after the evaluation time is never read: each is reported."""
+    for point in points:
+        if point.at > now:
+            label = "ICE score" if point.source == "ice-score" else _KIND_LABEL[point.kind]
+            when = When(point.local_date, point.at if point.exact else None)
+            issues.append(future_issue(label, when, point.reference, "observations"))
 
 
 def episodes_from_series(points: list[GradePoint]) -> list[ToxicityEpisode]:
