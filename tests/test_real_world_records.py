@@ -468,6 +468,35 @@ def test_12_a_grade_or_pregnancy_test_dated_after_the_check_is_reported(engine: 
     assert "Observation/crs-ahead" in detail and "Observation/preg-ahead" in detail, [c["summary"] for c in found]
 
 
+def test_12_a_dose_recorded_for_after_the_check_is_reported(engine: Engine) -> None:
+    doses = [*C1D1_GIVEN, administration("2062-11-14T09:00:00Z", 10, aid="adm-2062")]
+    found = cards(engine, request(administrations=doses))
+    assert any(
+        "MedicationAdministration/adm-2062" in c["detail"] and "after the time of this check" in c["detail"]
+        for c in quality_cards(found)
+    ), [c["summary"] for c in found]
+    today = administration("2026-11-21", 10, aid="adm-today")  # date only, today: not after the check
+    assert not quality_cards(cards(engine, request(administrations=[*C1D1_GIVEN, today])))
+
+
+def test_12_a_lab_code_with_stray_whitespace_is_still_that_lab_and_is_reported_not_dropped(engine: Engine) -> None:
+    alt = lab("alt", 900, "2026-11-20T08:00:00Z", oid="alt-spaced")
+    alt["code"]["coding"][0]["code"] = " " + alt["code"]["coding"][0]["code"]
+    labs = [r for r in normal_labs(DRAWN) if "1742-6" not in str(r["code"])] + [alt]
+    found = cards(engine, request(administrations=C1D1_GIVEN, observations=labs))
+    assert any("Observation/alt-spaced" in c["detail"] for c in quality_cards(found)), [c["summary"] for c in found]
+
+
+@pytest.mark.parametrize(("value", "shown"), [("3", "the text '3' where a number 0-4 belongs"),
+                                              (7, "value 7, outside 0-4"), ([3], "a value that is not a number")])
+def test_12_an_unreadable_grade_value_is_described_as_written(engine: Engine, value: Any, shown: str) -> None:
+    grade = grade_observation("crs-grade", 3, "2026-11-18T10:00:00Z", oid="crs-grade-odd")
+    grade["valueInteger"] = value
+    found = cards(engine, request(administrations=C1D1_GIVEN, observations=[*normal_labs(DRAWN), grade]))
+    detail = "\n".join(c["detail"] for c in quality_cards(found))
+    assert shown in detail, detail
+
+
 def test_12_site_time_zone_decides_the_planned_date_of_an_untimed_order(tmp_path: Path) -> None:
     untimed = tarlatamab_order(None, 10)
     late = NOW.replace(day=21, hour=3)  # 2026-11-21 03:00Z = 2026-11-20 22:00 in New York

@@ -14,7 +14,7 @@ from typing import Any
 from ..protocol import Protocol
 from ..reading.dates import site_date
 from ..reading.medications import MedicationIndex, build_catalog
-from .history import build_administrations, first_dose_date
+from .history import build_administrations, first_dose_date, future_dose_issues
 from .labs import build_labs, classify_observations
 from .model import CodedCondition, DataIssue, GradePoint, LabResult, PatientFacts, PregnancyEvidence, ToxicityEpisode
 from .orders import build_order_facts
@@ -124,6 +124,7 @@ def build_facts(
     administered = [r for r in resources.get("administrations") or () if isinstance(r, dict)]
     clinical = build_clinical_facts(resources, protocol, now, first_dose_date(administered, index))
     administrations, history_issues = build_administrations(administered, clinical.episodes, protocol, index)
+    history_issues.extend(future_dose_issues(administrations, now))
     orders = build_order_facts(
         resources,
         draft_entries=tuple(draft_entries),

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 from ..fhir_validation import first_problem
 from ..protocol import Protocol
 from ..reading import administrations as adm_reading
 from ..reading.codes import ndc_products
-from ..reading.dates import after
+from ..reading.dates import When, after
 from ..reading.identity import record_id, reference_of
 from ..reading.medications import MedicationIndex, product_products
 from ..reading.quantities import convert, number_text
@@ -222,6 +222,22 @@ def build_administrations(
     if undecided is not None:
         issues.append(undecided)
     return doses, issues
+
+
+def future_dose_issues(doses: Iterable[Administration], now: datetime) -> list[DataIssue]:
+    """A tarlatamab dose recorded for after the time of the check (a date typed wrong, a local time written as
+    UTC) is reported: the schedule cannot tell whether it was given."""
+    current = When(now.date(), now)
+    return [
+        _issue(
+            f"MedicationAdministration/{dose.resource_id}",
+            f"A tarlatamab dose is recorded for {dose.local_date.isoformat()}, after the time of this check: "
+            "check its date; the schedule position may be wrong.",
+            "effective[x]",
+        )
+        for dose in doses
+        if When(dose.local_date, dose.instant) > current
+    ]
 
 
 # --- position arithmetic (section 2.1) ----------------------------------------------------------------

@@ -25,6 +25,7 @@ from ..protocol import Protocol
 from ..reading import observations as obs_reading
 from ..reading.dates import When
 from ..reading.identity import reference_of
+from ..reading.quantities import number_text
 from .labs import future_issue
 from .model import DataIssue, GradePoint, ToxicityEpisode
 
@@ -84,15 +85,15 @@ def grade_point(obs: dict[str, Any], local_kind: str, protocol: Protocol, issues
     if grade is None:
         quantity = obs.get("valueQuantity")
         raw = obs.get("valueInteger", quantity.get("value") if isinstance(quantity, dict) else None)
-        if raw is None:
-            shown = "no value"
-        elif isinstance(raw, int | float | str) and not isinstance(raw, bool):
-            shown = f"value {raw}"
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            shown = f"value {number_text(raw)}, outside {low}-{high}"
+        elif isinstance(raw, str):
+            shown = f"the text '{raw}' where a number {low}-{high} belongs"
         else:
-            shown = "a value that is not a number"
+            shown = "no value" if raw is None else f"a value that is not a number {low}-{high}"
         issues.append(
             _issue(
-                f"{label} of {when.local_date.isoformat()} has {shown}, outside {low}-{high}: invalid, not used.",
+                f"{label} of {when.local_date.isoformat()} has {shown}: invalid, not used.",
                 reference,
                 "valueInteger",
                 label,

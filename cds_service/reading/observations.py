@@ -129,8 +129,10 @@ def _key_of(concept: Any, tables: Mapping[str, Mapping[str, str]]) -> str | None
         if not isinstance(coding, dict):
             continue
         system, code = coding.get("system"), coding.get("code")
-        table = tables.get(system) if system.__class__ is str else None
-        key = table.get(code) if table is not None and code.__class__ is str else None
+        table = tables.get(system.strip()) if system.__class__ is str else None
+        # A code with stray whitespace is still that lab: classified, then refused by the structure check and
+        # reported, rather than never seen.
+        key = table.get(code.strip()) if table is not None and code.__class__ is str else None
         if key is not None:
             return key
     return None
