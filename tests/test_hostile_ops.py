@@ -85,6 +85,18 @@ def test_deep_nesting_in_a_draft_a_lab_or_the_context_is_never_a_500(client: Any
         assert response.status_code == 400  # the request's own structure: CDS_MAX_JSON_DEPTH
 
 
+@pytest.mark.parametrize("levels", [HARD_DEPTH_LIMIT - 12, 960])
+def test_a_deep_draft_whose_dose_must_change_gets_its_cards_never_a_500(client: Any, levels: int) -> None:
+    """The dose suggestion copies the draft (deepcopy): the hard depth limit keeps a hostile nest in the draft
+    from making that copy recurse (without it this request is a 500)."""
+    order = fb.tarlatamab_order("2026-11-22T09:00:00Z", 10)  # C1D1 ordered as 10 mg: the dose must change
+    order["note"] = "@@DEEP@@"
+    response = post_raw(client, fb.hook_request(drafts=[order]), deep_text(levels))
+    assert response.status_code == 200, response.data[:300]
+    summaries = [c["summary"] for c in response.get_json()["cards"]]
+    assert any(s.startswith("Change dose to 1 mg") for s in summaries), summaries
+
+
 def test_the_hard_limit_is_exact() -> None:
     def nest(levels: int) -> Any:
         value: Any = "x"
