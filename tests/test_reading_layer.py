@@ -5,6 +5,7 @@ Spec/protocol.md section 12; each test fails when its row breaks. Records are re
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -258,19 +259,28 @@ def test_a_record_is_named_by_its_id_only_when_it_is_one(resource: dict[str, Any
     assert identity.reference_of(resource, "MedicationAdministration").split("/", 1)[1] == expected.split("/", 1)[1]
 
 
-def test_records_are_ordered_by_instants_when_both_have_one_else_by_local_dates() -> None:
+def test_records_are_put_in_event_order_the_same_whatever_order_they_come_in() -> None:
     evening_ny = read_when("2026-11-19T22:00:00-05:00")  # instant 2026-11-20T03:00Z, local date 2026-11-19
     date_only = read_when("2026-11-20")  # read as 2026-11-20T00:00Z for comparisons with "now"
-    no_offset = read_when("2026-11-20T08:00:00")
-    assert evening_ny is not None and date_only is not None and no_offset is not None
-    assert date_only.moment < evening_ny.moment  # the instant alone would put the date-only record first
-    assert evening_ny < date_only and date_only > evening_ny and evening_ny < no_offset
     utc_morning = read_when("2026-11-20T01:00:00Z")  # local date later, instant earlier than evening_ny
-    assert utc_morning is not None and utc_morning < evening_ny
     same_day = read_when("2026-11-20T09:00:00Z")
-    assert same_day is not None and date_only < same_day  # same local date: the moment decides, as before
-    assert sorted([same_day, date_only, evening_ny, utc_morning]) == [utc_morning, evening_ny, date_only, same_day]
+    assert evening_ny and date_only and utc_morning and same_day
+    assert date_only.moment < evening_ny.moment  # the instant alone would put the date-only record first
+    exact = [same_day, evening_ny, utc_morning]  # all with instants: by instant, across offsets (section 12)
+    for received in itertools.permutations(exact):
+        assert sorted(received, key=event_sort_key(received)) == [utc_morning, evening_ny, same_day]
+    # One record without a time: local dates, then the moment. Pair by pair (instants for two records with
+    # one, dates otherwise) would be a cycle here: date_only > evening_ny > utc_morning > date_only.
     mixed = [same_day, date_only, evening_ny, utc_morning]
-    assert sorted(mixed, key=event_sort_key(mixed)) == [utc_morning, evening_ny, date_only, same_day]
-    exact = [same_day, evening_ny, utc_morning]  # all with instants: sorted by instant, across offsets
-    assert sorted(exact, key=event_sort_key(exact)) == [utc_morning, evening_ny, same_day]
+    for received in itertools.permutations(mixed):
+        assert sorted(received, key=event_sort_key(received)) == [evening_ny, date_only, utc_morning, same_day]
+
+
+def test_a_record_is_after_the_check_by_its_instant_or_else_by_the_sites_local_date() -> None:
+    now = datetime(2026, 11, 20, 23, 30, tzinfo=UTC)  # 08:30 on 2026-11-21 in Tokyo
+    tokyo_today = date(2026, 11, 21)
+    date_only, later = read_when("2026-11-21"), read_when("2026-11-21T09:00:00+09:00")
+    assert date_only and later
+    assert not date_only.after(now, tokyo_today)  # today in Tokyo, although 2026-11-21T00:00Z is after now
+    assert date_only.after(now, date(2026, 11, 20))  # in a site still on 2026-11-20
+    assert later.after(now, tokyo_today)  # 00:00Z on 11-21: half an hour after the check

@@ -8,7 +8,9 @@ contained Medications, preliminary results, comparators. Each test fails when it
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -495,6 +497,44 @@ def test_12_an_unreadable_grade_value_is_described_as_written(engine: Engine, va
     found = cards(engine, request(administrations=C1D1_GIVEN, observations=[*normal_labs(DRAWN), grade]))
     detail = "\n".join(c["detail"] for c in quality_cards(found))
     assert shown in detail, detail
+
+
+def test_12_the_newest_record_does_not_depend_on_the_order_the_records_come_in(engine: Engine) -> None:
+    """Three ANCs where comparing pair by pair (instants for two, dates otherwise) is a cycle: the answer is
+    one answer, whatever the order of the Bundle."""
+    date_only = lab("anc", 0.3, "2026-11-20", oid="anc-date-only")
+    date_only["issued"] = "2026-11-20T16:00:00-05:00"
+    records = [date_only, lab("anc", 3.0, EVENING_NEW_YORK, oid="anc-ny"), lab("anc", 3.0, "2026-11-20T01:00:00Z")]
+    answers = set()
+    for received in itertools.permutations(records):
+        found = cards(engine, request(administrations=C1D1_GIVEN, observations=[*normal_labs(DRAWN)[1:], *received]))
+        answers.add(tuple(sorted(c["summary"] for c in found)))
+    assert len(answers) == 1, answers
+
+
+def test_12_a_grade_dated_after_the_check_is_not_used_anywhere(engine: Engine) -> None:
+    grade = grade_observation("crs-grade", 2, "2026-11-21T15:00:00Z", oid="crs-later")
+    found = cards(engine, request(administrations=C1D1_GIVEN, observations=[*normal_labs(DRAWN), grade]))
+    assert any("Observation/crs-later" in c["detail"] for c in quality_cards(found))
+    others = [c for c in found if c["source"]["topic"]["code"] != "data-quality"]
+    assert not any("crs-later" in c["detail"] or "Grade 2" in c["detail"] for c in others), others
+
+
+def test_12_after_the_check_is_judged_by_the_sites_local_date_for_a_date_only_record(tmp_path: Path) -> None:
+    """08:30 on 2026-11-21 in Tokyo (2026-11-20T23:30Z): a dose recorded for 2026-11-21 is today's, not a
+    future one; at 22:00 on 2026-11-20 in New York, a dose recorded for 2026-11-21 is tomorrow's."""
+    dose_of_21st = administration("2026-11-21", 1, aid="adm-21st")
+    tokyo = Engine(Settings(data_dir=tmp_path, now=datetime(2026, 11, 20, 23, 30, tzinfo=UTC),
+                            site_timezone="Asia/Tokyo"))
+    new_york = Engine(Settings(data_dir=tmp_path, now=datetime(2026, 11, 21, 3, 0, tzinfo=UTC),
+                               site_timezone="America/New_York"))
+    body = request(drafts=[tarlatamab_order("2026-11-28T01:00:00Z", 10)], administrations=[dose_of_21st])
+
+    def reported(found: list[dict[str, Any]]) -> bool:
+        return any("adm-21st" in c["detail"] and "after the time of this check" in c["detail"] for c in found)
+
+    assert not reported(cards(tokyo, body))
+    assert reported(cards(new_york, body))
 
 
 def test_12_site_time_zone_decides_the_planned_date_of_an_untimed_order(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from .populations import (
     unique,
     valid_condition,
 )
-from .toxicity import build_episodes, observation_points, report_future_points
+from .toxicity import build_episodes, observation_points, without_future_points
 
 
 @dataclass(frozen=True)
@@ -54,14 +54,16 @@ def build_clinical_facts(
     protocol: Protocol,
     now: datetime,
     treated_since: date | None = None,
+    today: date | None = None,
 ) -> ClinicalFacts:
-    """`treated_since`: the local date of the first tarlatamab dose (liver results are read back to it)."""
+    """`treated_since`: the local date of the first tarlatamab dose (liver results are read back to it);
+    `today`: the site's local date (default: the UTC date of `now`)."""
+    today = today or now.date()
     issues: list[DataIssue] = []
-    birth_date, gender = patient_facts(resources.get("patient") or [], issues, now.date())
+    birth_date, gender = patient_facts(resources.get("patient") or [], issues, today)
     grouped = classify_observations(resources.get("observations") or (), protocol)
-    labs = build_labs(grouped, protocol, now, issues, treated_since)
-    points = observation_points(grouped, protocol, issues)
-    report_future_points(points, now, issues)
+    labs = build_labs(grouped, protocol, now, issues, treated_since, today)
+    points = without_future_points(observation_points(grouped, protocol, issues), now, today, issues)
 
     views = condition_views(resources.get("conditions") or (), protocol)
     checked: dict[str, bool] = {}
@@ -92,7 +94,7 @@ def build_clinical_facts(
         labs=labs,
         toxicity_points=tuple(points),
         episodes=episodes,
-        pregnancy=pregnancy_evidence(grouped, views, protocol, now, issues),
+        pregnancy=pregnancy_evidence(grouped, views, protocol, now, issues, today),
         breastfeeding=breastfeeding(grouped.get(BREASTFEEDING_KEY, []), protocol, issues),
         sclc_diagnoses=unique(sclc),
         active_infections=unique(infections),
@@ -122,9 +124,9 @@ def build_facts(
     )
     index = MedicationIndex(protocol, catalog)
     administered = [r for r in resources.get("administrations") or () if isinstance(r, dict)]
-    clinical = build_clinical_facts(resources, protocol, now, first_dose_date(administered, index))
+    clinical = build_clinical_facts(resources, protocol, now, first_dose_date(administered, index), today)
     administrations, history_issues = build_administrations(administered, clinical.episodes, protocol, index)
-    history_issues.extend(future_dose_issues(administrations, now))
+    history_issues.extend(future_dose_issues(administrations, now, today))
     orders = build_order_facts(
         resources,
         draft_entries=tuple(draft_entries),

@@ -224,10 +224,9 @@ def build_administrations(
     return doses, issues
 
 
-def future_dose_issues(doses: Iterable[Administration], now: datetime) -> list[DataIssue]:
+def future_dose_issues(doses: Iterable[Administration], now: datetime, today: date) -> list[DataIssue]:
     """A tarlatamab dose recorded for after the time of the check (a date typed wrong, a local time written as
-    UTC) is reported: the schedule cannot tell whether it was given."""
-    current = When(now.date(), now)
+    UTC) is reported: the schedule cannot tell whether it was given. `today`: the site's local date."""
     return [
         _issue(
             f"MedicationAdministration/{dose.resource_id}",
@@ -236,7 +235,7 @@ def future_dose_issues(doses: Iterable[Administration], now: datetime) -> list[D
             "effective[x]",
         )
         for dose in doses
-        if When(dose.local_date, dose.instant) > current
+        if When(dose.local_date, dose.instant).after(now, today)
     ]
 
 

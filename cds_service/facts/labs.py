@@ -198,8 +198,11 @@ def lab_series(
     now: datetime,
     issues: list[DataIssue],
     treated_since: date | None = None,
+    today: date | None = None,
 ) -> tuple[LabResult, ...]:
     """Results of one analyte, newest first, read down to the newest usable final result up to now.
+
+    `today`: the site's local date (a date-only result is after the check only when dated after it).
 
     Liver tests are read further, back to the first tarlatamab dose (`treated_since`), for section 13.6.
     """
@@ -231,7 +234,7 @@ def lab_series(
     settled = False
     for when, _, obs in dated:
         past = when.moment <= now
-        if not past and future < ISSUE_DEPTH:
+        if not past and future < ISSUE_DEPTH and when.after(now, today or now.date()):
             # A result "from the future" (a local time written as UTC, a clock ahead) is never read, so an older
             # one would decide in its place: say so.
             future += 1
@@ -270,8 +273,9 @@ def build_labs(
     now: datetime,
     issues: list[DataIssue],
     treated_since: date | None = None,
+    today: date | None = None,
 ) -> dict[str, tuple[LabResult, ...]]:
     return {
-        analyte: lab_series(grouped.get(analyte, []), analyte, protocol, now, issues, treated_since)
+        analyte: lab_series(grouped.get(analyte, []), analyte, protocol, now, issues, treated_since, today)
         for analyte in lab_analytes(protocol)
     }

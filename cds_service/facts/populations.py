@@ -18,7 +18,7 @@ from ..protocol import Protocol
 from ..reading import conditions as cond_reading
 from ..reading import observations as obs_reading
 from ..reading.codes import codings, concept_text
-from ..reading.dates import When, read_when
+from ..reading.dates import When, event_sort_key, read_when
 from ..reading.identity import reference_of
 from ..reading.quantities import as_written, decides_below
 from ..units import canonical_unit
@@ -354,8 +354,10 @@ def pregnancy_evidence(
     protocol: Protocol,
     now: datetime,
     issues: list[DataIssue],
+    today: date | None = None,
 ) -> tuple[PregnancyEvidence, ...]:
-    """Pregnancy evidence, newest first. The newest readings are validated down to the first valid one."""
+    """Pregnancy evidence, newest first. The newest readings are validated down to the first valid one.
+    `today`: the site's local date (a date-only reading is after the check only when dated after it)."""
     lookback = int(protocol.section("populations")["pregnancy_positive_lookback_days"])
     readings: list[tuple[When, PregnancyEvidence, dict[str, Any]]] = []
     unreadable: list[tuple[str, dict[str, Any]]] = []
@@ -381,11 +383,12 @@ def pregnancy_evidence(
             else:
                 readings.append((when, reading, obs))
     # Newest first by event order (instants when both carry one, local dates otherwise: section 12).
-    readings.sort(key=lambda item: (item[0], item[1].reference), reverse=True)
+    order = event_sort_key(when for when, _, _ in readings)
+    readings.sort(key=lambda item: (order(item[0]), item[1].reference), reverse=True)
     evidence: list[tuple[When, PregnancyEvidence]] = []
     settled = False
     for when, reading, obs in readings:
-        if reading.at > now:
+        if when.after(now, today or now.date()):
             issues.append(future_issue("Pregnancy", when, reading.reference, "observations"))
         if not settled and reading.at <= now:
             problem = first_problem(obs, obs_reading.READ_ELEMENTS)
@@ -436,7 +439,8 @@ def pregnancy_evidence(
                     ),
                 )
             )
-    evidence.sort(key=lambda pair: (pair[0], pair[1].reference), reverse=True)
+    order = event_sort_key(when for when, _ in evidence)
+    evidence.sort(key=lambda pair: (order(pair[0]), pair[1].reference), reverse=True)
     return tuple(e for _, e in evidence)
 
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from ..fhir_validation import first_problem
 from ..protocol import Protocol
 from ..reading import observations as obs_reading
-from ..reading.dates import When
+from ..reading.dates import When, event_sort_key
 from ..reading.identity import reference_of
 from ..reading.quantities import number_text
 from .labs import future_issue
@@ -133,13 +133,23 @@ def observation_points(
     return points
 
 
-def report_future_points(points: list[GradePoint], now: datetime, issues: list[DataIssue]) -> None:
-    """A grade or ICE score dated after the evaluation time is never read: each is reported."""
+def _when(point: GradePoint) -> When:
+    return When(point.local_date, point.at if point.exact else None)
+
+
+def without_future_points(
+    points: list[GradePoint], now: datetime, today: date, issues: list[DataIssue]
+) -> list[GradePoint]:
+    """The grades and ICE scores up to the time of the check; each one dated after it is reported, not used."""
+    kept: list[GradePoint] = []
     for point in points:
-        if point.at > now:
+        when = _when(point)
+        if when.after(now, today):
             label = "ICE score" if point.source == "ice-score" else _KIND_LABEL[point.kind]
-            when = When(point.local_date, point.at if point.exact else None)
             issues.append(future_issue(label, when, point.reference, "observations"))
+        else:
+            kept.append(point)
+    return kept
 
 
 def episodes_from_series(points: list[GradePoint]) -> list[ToxicityEpisode]:
@@ -155,7 +165,8 @@ def episodes_from_series(points: list[GradePoint]) -> list[ToxicityEpisode]:
             by_time[point.at] = point
     episodes: list[ToxicityEpisode] = []
     current: dict[str, Any] | None = None
-    for at in sorted(by_time, key=lambda at: When(by_time[at].local_date, at if by_time[at].exact else None)):
+    order = event_sort_key(_when(point) for point in by_time.values())
+    for at in sorted(by_time, key=lambda at: order(_when(by_time[at]))):
         point = by_time[at]
         if point.grade == 0:
             if current is not None:

@@ -25,9 +25,8 @@ class When:
     """A point in a record: the local date as written and, when a time and offset exist, the instant.
 
     `moment` is the instant when known, else the start of the local date read as UTC: it compares a record with
-    the evaluation time; it never decides calendar-day arithmetic. Records are ordered (newest result, order of
-    grades) by `<`: instants when both carry one, local dates otherwise (a date-only "2026-11-20" is after
-    "2026-11-19T22:00:00-05:00", whose instant is later than 2026-11-20T00:00Z); `moment` breaks ties.
+    the evaluation time; it never decides calendar-day arithmetic. Records are put in order (newest result,
+    order of grades) with `event_sort_key`.
     """
 
     local_date: date
@@ -43,36 +42,31 @@ class When:
     def exact(self) -> bool:
         return self.instant is not None
 
-    def __lt__(self, other: When) -> bool:
-        order = event_order(self.local_date, self.instant, other.local_date, other.instant)
-        return order < 0 if order else self.moment < other.moment
-
-    def __gt__(self, other: When) -> bool:
-        return other < self
+    def after(self, now: datetime, today: date) -> bool:
+        """Whether the record is dated after the time of the check: its instant after `now`, or, without one,
+        its local date after the site's `today`."""
+        return self.instant > now if self.instant is not None else self.local_date > today
 
 
 def event_sort_key(whens: Iterable[When]) -> Callable[[When], Any]:
-    """A sort key in event order for these records: their instants when every one has an instant (compared in
-    C, the common case), else the records' `When`s themselves (instants or local dates, pair by pair)."""
+    """A sort key that puts these records in event order, the same whatever order they come in.
+
+    When every record has an instant: the instants (section 12: instants when both records carry a time and an
+    offset). When one has only a date: local dates, then the moment: a date-only "2026-11-20" comes after
+    "2026-11-19T22:00:00-05:00", whose instant is later than 2026-11-20T00:00Z. (Comparing pair by pair, instants
+    here and dates there, is not an order at all: the newest record would depend on the order received.)
+    """
     if all(when.instant is not None for when in whens):
         return _instant_of
-    return _itself
+    return _date_then_moment
 
 
 def _instant_of(when: When) -> Any:
     return when.instant
 
 
-def _itself(when: When) -> Any:
-    return when
-
-
-def event_order(a_date: date, a_instant: datetime | None, b_date: date, b_instant: datetime | None) -> int:
-    """-1, 0 or 1 as event a is before, at the same time as or after event b: instants when both records carry
-    a time and an offset, local dates otherwise (clinical specification section 12)."""
-    if a_instant is not None and b_instant is not None:
-        return (a_instant > b_instant) - (a_instant < b_instant)
-    return (a_date > b_date) - (a_date < b_date)
+def _date_then_moment(when: When) -> Any:
+    return (when.local_date, when.moment)
 
 
 def read_when(value: Any) -> When | None:
