@@ -369,20 +369,21 @@ def pregnancy_evidence(
                 continue
             if (now - when.moment).days > lookback:
                 continue  # too old to say anything about a current pregnancy
+            status = obs_reading.status_class(obs)
             reading = (
                 obs_reading.MALFORMED_STATUS
-                if obs_reading.status_class(obs) == "malformed"
+                if status == "malformed"
                 else _pregnancy_from_observation(key, obs, when, protocol)
             )
             if isinstance(reading, str):
                 unreadable.append((reading, obs))
-            elif obs_reading.status_class(obs) == "preliminary":
+            elif status == "preliminary":
                 # A preliminary result may show a pregnancy; it never rules one out (section 12).
                 if reading.status == "pregnant":
                     readings.append((when, replace(reading, preliminary=True), obs))
             else:
                 readings.append((when, reading, obs))
-    # Newest first by event order (instants when both carry one, local dates otherwise: section 12).
+    # Newest first, in event order (see event_sort_key).
     order = event_sort_key(when for when, _, _ in readings)
     readings.sort(key=lambda item: (order(item[0]), item[1].reference), reverse=True)
     evidence: list[tuple[When, PregnancyEvidence]] = []
